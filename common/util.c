@@ -1,0 +1,191 @@
+/*
+ * common/util - see util.h.
+ */
+#include "common/util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+static void oom(size_t size)
+{
+	char line[96];
+	int n = snprintf(line, sizeof(line), "<2>cdp: out of memory allocating %zu bytes\n", size);
+
+	if (write(STDERR_FILENO, line, (size_t)n) < 0)
+		abort();
+	abort();
+}
+
+void *cdp_xmalloc(size_t size)
+{
+	void *p = malloc(size ? size : 1);
+
+	if (!p)
+		oom(size);
+	return p;
+}
+
+void *cdp_xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size ? size : 1);
+
+	if (!p)
+		oom(n * size);
+	return p;
+}
+
+void *cdp_xrealloc(void *p, size_t size)
+{
+	void *q = realloc(p, size ? size : 1);
+
+	if (!q)
+		oom(size);
+	return q;
+}
+
+char *cdp_xstrdup(const char *s)
+{
+	size_t n = strlen(s) + 1;
+	char *p = cdp_xmalloc(n);
+
+	memcpy(p, s, n);
+	return p;
+}
+
+void *cdp_xaligned_alloc(size_t align, size_t size)
+{
+	void *p = NULL;
+
+	if (posix_memalign(&p, align, size ? size : align))
+		oom(size);
+	return p;
+}
+
+void cdp_freep(void *p)
+{
+	free(*(void **)p);
+}
+
+void cdp_closep(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+}
+
+struct thread_start {
+	char name[16];
+	void *(*fn)(void *);
+	void *arg;
+};
+
+static void *thread_trampoline(void *p)
+{
+	struct thread_start ts = *(struct thread_start *)p;
+
+	free(p);
+	prctl(PR_SET_NAME, ts.name, 0, 0, 0);
+	return ts.fn(ts.arg);
+}
+
+int cdp_thread_start(pthread_t *t, const char *name, void *(*fn)(void *), void *arg)
+{
+	struct thread_start *ts = cdp_xmalloc(sizeof(*ts));
+	int rc;
+
+	snprintf(ts->name, sizeof(ts->name), "%s", name);
+	ts->fn = fn;
+	ts->arg = arg;
+	rc = pthread_create(t, NULL, thread_trampoline, ts);
+	if (rc) {
+		free(ts);
+		return -rc;
+	}
+	return 0;
+}
+
+void cdp_thread_set_name(const char *name)
+{
+	prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+int cdp_write_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int cdp_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+long cdp_read_full(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = read(fd, p + got, len - got);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	return (long)got;
+}
+
+long cdp_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	uint8_t *p = buf;
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = pread(fd, p + got, len - got, (off_t)(off + got));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	return (long)got;
+}
