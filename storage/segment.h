@@ -18,18 +18,25 @@
  * a CRC32C of its own bytes.
  *
  * A heartbeat is a segment with no records: first_seq = the next seq,
- * last_seq = first_seq - 1, raw_len = 0; its digest still chains
- * (SHA-256(prev || "")).
+ * last_seq = first_seq - 1, raw_len = 0, flag POINT_END set (the encoder sets
+ * it); its digest still chains (SHA-256(prev || "")).
  *
  * Invariants checked by the decoder (each failure is -EBADMSG, with a message
  * that names the field): magic, version, header length, header CRC, known
  * flags, compression and cipher (a non-"none" cipher is refused for now),
  * raw_len <= CDP_SEG_MAX_RAW, body_len consistent with the buffer and the
- * compression, body CRC, last_seq = first_seq + nrecords - 1, t_first <= t_last;
- * and after decompression: the raw length, every record's kind, flags, length,
- * payload CRC, seqs contiguous from first_seq, times non-decreasing within
- * [t_first, t_last], offset + length within its volume when sizes are given,
- * and the chain digest against the previous one when given.
+ * compression, body CRC, last_seq = first_seq + nrecords - 1, t_first <= t_last,
+ * reserved bytes zero; and after decompression: the raw length, every record's
+ * kind, flags, length, payload CRC, seqs contiguous from first_seq, times
+ * non-decreasing within [t_first, t_last] (the first record's time is t_first),
+ * offset + length within its volume when sizes are given, and the chain digest
+ * against the previous one when given.
+ *
+ * Record rules (the encoder enforces them too, with -EINVAL): WRITE/ZERO/TRIM
+ * have offset and length multiples of CDP_SECTOR, length > 0, and a WRITE's
+ * length <= CDP_REC_MAX_WRITE; FLUSH has volume, offset, length and crc32c 0;
+ * MARK and SYNC_* have offset 0 (their volume is carried, not interpreted);
+ * records without payload have crc32c 0; RESYNC only on WRITE/ZERO.
  *
  * Threads: no shared state; an encoder belongs to one thread.
  */
@@ -51,6 +58,8 @@
 #define CDP_DIGEST_LEN 32
 #define CDP_SECTOR 512u		/* record offsets and lengths of data kinds are multiples */
 #define CDP_MARK_NAME_MAX 128	/* a bookmark name, bytes */
+/* Largest WRITE length: a sector multiple whose record fits in an empty segment. */
+#define CDP_REC_MAX_WRITE (CDP_SEG_MAX_RAW - CDP_SECTOR)
 
 enum cdp_rec_kind {
 	CDP_REC_WRITE = 1,	/* payload = the data; length = payload length */
@@ -69,7 +78,20 @@ enum cdp_rec_kind {
 
 /* Segment flags. */
 #define CDP_SEG_F_POINT_END 0x00000001u	/* closes the point interval ending at t_last */
-#define CDP_SEG_F_ALL CDP_SEG_F_POINT_END
+/*
+ * Summary flags, so the journal can index points without decompressing:
+ * SYNC_ACTIVE - a sync span is open after this segment's last record (its
+ *               point is inconsistent); the encoder carries the state across
+ *               seals and the decoder checks it against the segment's own
+ *               SYNC_BEGIN/SYNC_END records when it has any;
+ * MARK        - the segment holds a MARK record;
+ * SYNC        - the segment holds a SYNC_BEGIN or SYNC_END record.
+ */
+#define CDP_SEG_F_SYNC_ACTIVE 0x00000002u
+#define CDP_SEG_F_MARK 0x00000004u
+#define CDP_SEG_F_SYNC 0x00000008u
+#define CDP_SEG_F_ALL \
+	(CDP_SEG_F_POINT_END | CDP_SEG_F_SYNC_ACTIVE | CDP_SEG_F_MARK | CDP_SEG_F_SYNC)
 
 enum cdp_seg_compression {
 	CDP_COMP_NONE = 0,
@@ -150,12 +172,18 @@ struct cdp_seg_enc;
 
 /*
  * Returns a new encoder for plan @plan_id at @epoch whose first record gets
- * @first_seq and whose digest chains from @prev_digest. Caller frees with
- * cdp_seg_enc_free().
+ * @first_seq and whose digest chains from @prev_digest (NULL = cdp_digest_zero).
+ * Caller frees with cdp_seg_enc_free(). Out of memory aborts, like cdp_xmalloc().
  */
 struct cdp_seg_enc *cdp_seg_enc_new(uint64_t plan_id, uint64_t epoch, uint64_t first_seq,
 				    const uint8_t prev_digest[CDP_DIGEST_LEN]);
 void cdp_seg_enc_free(struct cdp_seg_enc *enc);
+
+/*
+ * A restarted writer tells its new encoder whether a sync span was open
+ * (SYNC_BEGIN sent, SYNC_END not yet). The encoder tracks it from then on.
+ */
+void cdp_seg_enc_set_sync_active(struct cdp_seg_enc *enc, bool active);
 
 /*
  * Appends @rec (copied, payload included). rec->seq must be the next seq,
@@ -182,6 +210,12 @@ struct cdp_seg_seal_opts {
 	int64_t t_first;	/* heartbeat only: its time (records give it otherwise) */
 	int64_t t_last;		/* >= last record time; 0 = last record's time (a heartbeat must set it) */
 };
+/*
+ * Level notes: 0 means zstd's default (3) and is recorded as such; the header
+ * keeps the level in an int8, so levels below -128 are recorded as -128 (the
+ * level field is informational: decoding does not depend on it). @opts may be
+ * NULL (no flags, compression none).
+ */
 
 /*
  * Seals the records added so far into one segment appended to @out
@@ -207,7 +241,11 @@ int cdp_seg_parse_header(const uint8_t *buf, size_t len, struct cdp_seg_header *
 int cdp_seg_check_body(const struct cdp_seg_header *h, const uint8_t *body,
 		       struct cdp_err *err);
 
-/* Writes the header into @out (CDP_SEG_HDR_LEN bytes), computing its CRC. */
+/*
+ * Writes the header into @out (CDP_SEG_HDR_LEN bytes), computing its CRC.
+ * Reserved bytes are written as zeros; no field is checked (tests use this to
+ * build malformed headers that still carry a valid header CRC).
+ */
 void cdp_seg_write_header(const struct cdp_seg_header *h, uint8_t out[CDP_SEG_HDR_LEN]);
 
 /* What the caller knows and wants checked; every field is optional. */
