@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/fault.h"
@@ -52,6 +53,7 @@
 #define DEF_VERIFY_INTERVAL (200 * CDP_NS_PER_MS)
 #define DEF_FOLD_BATCH (256ull << 20)
 #define DEF_RETENTION (24 * 3600 * CDP_NS_PER_SEC)
+#define JOURNAL_MIN_FREE (24u << 20)
 #define PLAN_REC_LEN (8 + 64 + 8 + 4 + CDP_JOURNAL_MAX_VOLUMES * (8 + 64) + 8 + 8)
 
 /* ---- keys and values ----------------------------------------------------- */
@@ -275,7 +277,7 @@ void jfile_put(struct cdp_journal *j, rocksdb_writebatch_t *wb, uint64_t plan,
 	cdp_put_le64(v + 8, f->used);
 	cdp_put_le64(v + 16, f->first_seq);
 	cdp_put_le64(v + 24, f->last_seq);
-	cdp_put_le64(v + 32, 0);
+	cdp_put_le64(v + 32, f->prepared);
 	rocksdb_writebatch_put_cf(wb, j->cf_meta, (char *)k, klen, (char *)v, sizeof(v));
 }
 
@@ -298,9 +300,11 @@ void jverified_put(struct cdp_journal *j, rocksdb_writebatch_t *wb, uint64_t pla
 
 static int db_error(char *dberr, struct cdp_err *err, const char *what)
 {
-	cdp_err_set(err, -EIO, "index %s: %s", what, dberr);
+	int code = strstr(dberr, "No space left") ? -ENOSPC : -EIO;
+
+	cdp_err_set(err, code, "index %s: %s", what, dberr);
 	free(dberr);
-	return -EIO;
+	return code;
 }
 
 int jdb_write(struct cdp_journal *j, rocksdb_writebatch_t *wb, struct cdp_err *err)
@@ -603,6 +607,7 @@ int cdp_journal_plan_create(struct cdp_journal *j, const struct cdp_journal_plan
 	if (!p->conf.retention_ns)
 		p->conf.retention_ns = DEF_RETENTION;
 	p->st.next_seq = 1;
+	p->ast = p->st;
 	p->next_fileno = 1;
 	plan_encode(&p->conf, blob, blob_len, &v);
 	wb = rocksdb_writebatch_create();
@@ -841,6 +846,21 @@ int cdp_journal_plan_delete(struct cdp_journal *j, uint64_t plan_id, struct cdp_
 
 /* ---- extent files -------------------------------------------------------- */
 
+/*
+ * True when @need more bytes fit while JOURNAL_MIN_FREE stays free: the
+ * journal never fills its disk to the last block, so the index can always
+ * write its log and the store always opens again.
+ */
+static bool space_ok(struct cdp_journal *j, uint64_t need, uint64_t *avail)
+{
+	struct statvfs vfs;
+
+	if (statvfs(j->dir, &vfs))
+		return true;	/* cannot tell: let the write say */
+	*avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+	return *avail >= need + JOURNAL_MIN_FREE;
+}
+
 /* Writes a spare extent file once, so later writes into it are overwrites. */
 static int prepare_spare(struct cdp_journal *j, uint64_t n, struct cdp_err *err)
 {
@@ -942,6 +962,7 @@ static int roll_file(struct cdp_journal *j, struct jplan *p, struct jfile **out,
 	f->fileno = fileno;
 	f->fd = fd;
 	f->size = j->opts.extent_max_bytes;
+	f->prepared = spare;
 	f->opened_mono = cdp_clock_mono_ns(j->clock);
 	pthread_mutex_lock(&j->mu);
 	for (tail = &p->files; *tail; tail = &(*tail)->next)
@@ -1021,7 +1042,8 @@ void jfiles_release_below(struct cdp_journal *j, struct jplan *p, uint64_t seq)
 			spare_path(j, to, sizeof(to), j->next_spare++);
 		pthread_mutex_unlock(&j->mu);
 		/* A fully written file is recycled: writes into it are overwrites. */
-		if (keep && f->used >= f->size && j->io->rename(j->io->ctx, path, to) == 0) {
+		if (keep && (f->prepared || f->used >= f->size) &&
+		    j->io->rename(j->io->ctx, path, to) == 0) {
 			pthread_mutex_lock(&j->mu);
 			j->nspares++;
 			pthread_mutex_unlock(&j->mu);
@@ -1211,8 +1233,9 @@ struct step_plan {
 	struct jstate st;		/* state after the accepted segments */
 	uint64_t bytes;
 	uint64_t nsegs;
-	struct cdp_buf buf;		/* the segments laid out; padded at write time */
-	uint64_t buf_off;		/* file offset of buf */
+	size_t len;			/* bytes of its accepted segments, back to back */
+	uint8_t *region;		/* where they are laid out in the staging area */
+	uint64_t buf_off;		/* file offset of region */
 	struct jfile *file;
 	struct jfile fnew;		/* the file record after the step */
 	bool touched;
@@ -1233,7 +1256,7 @@ static struct step_plan *step_plan(struct cdp_journal *j, struct step *s, struct
 	memset(&s->plans[s->nplans], 0, sizeof(s->plans[0]));
 	s->plans[s->nplans].p = p;
 	pthread_mutex_lock(&j->mu);
-	s->plans[s->nplans].st = p->st;
+	s->plans[s->nplans].st = p->ast;	/* one step ahead of the published st */
 	pthread_mutex_unlock(&j->mu);
 	return &s->plans[s->nplans++];
 }
@@ -1410,9 +1433,9 @@ static void step_accept(struct cdp_journal *j, struct step *s, struct cdp_journa
 		pthread_mutex_unlock(&j->bgmu);
 	}
 
-	/* Accepted: lay out and advance the step's view of the plan. */
-	a->ent_off = sp->buf.len;
-	cdp_buf_append(&sp->buf, a->seg, a->len);
+	/* Accepted: its place in the plan's run; copied once, at write time. */
+	a->ent_off = sp->len;
+	sp->len += a->len;
 	if (h->nrecords)
 		st->next_seq = h->last_seq + 1;
 	memcpy(st->digest, h->digest, CDP_DIGEST_LEN);
@@ -1502,23 +1525,61 @@ static int step_damage(struct cdp_journal *j, struct step *s, struct cdp_journal
 	return 0;
 }
 
-/* Writes and syncs every touched plan's buffer; fills file offsets. */
-static int step_write(struct cdp_journal *j, struct step *s, struct cdp_err *err)
+/* Makes the staging area hold at least @need bytes (commit thread). */
+static void stage_reserve(struct cdp_journal *j, size_t need)
+{
+	if (need <= j->stage_cap)
+		return;
+	free(j->stage);
+	j->stage_cap = CDP_ALIGN_UP(need, (size_t)CDP_IO_ALIGN);
+	j->stage = cdp_xaligned_alloc(CDP_IO_ALIGN, j->stage_cap);
+	/* Touch it once: faulting fresh pages in costs more than the copy here. */
+	memset(j->stage, 0, j->stage_cap);
+}
+
+/*
+ * Lays every touched plan's segments out in the staging area (one copy each,
+ * runs padded to 4 KiB), writes them all and syncs every file; fills offsets.
+ */
+static int step_write(struct cdp_journal *j, struct step *s, struct cdp_journal_append *head,
+		      struct cdp_err *err)
 {
 	struct cdp_io_write *w = cdp_xcalloc(s->nplans ? s->nplans : 1, sizeof(*w));
 	int *fds = cdp_xcalloc(s->nplans ? s->nplans : 1, sizeof(int));
+	size_t total = 0, off = 0;
+	uint64_t grow = 0, avail = 0;
 	unsigned nw = 0;
 	int rc = 0;
 
+	for (size_t i = 0; i < s->nplans; i++)
+		total += CDP_ALIGN_UP(s->plans[i].len, (size_t)CDP_IO_ALIGN);
+	stage_reserve(j, total);
+	for (size_t i = 0; i < s->nplans; i++) {
+		struct step_plan *sp = &s->plans[i];
+		size_t padded = CDP_ALIGN_UP(sp->len, (size_t)CDP_IO_ALIGN);
+
+		if (!sp->len)
+			continue;
+		sp->region = j->stage + off;
+		off += padded;
+		memset(sp->region + sp->len, 0, padded - sp->len);
+	}
+	for (struct cdp_journal_append *a = head; a; a = a->next) {
+		if (a->op != JOP_APPEND || !a->accepted)
+			continue;
+		for (size_t i = 0; i < s->nplans; i++)
+			if (s->plans[i].p->conf.plan_id == a->plan_id)
+				memcpy(s->plans[i].region + a->ent_off, a->seg, a->len);
+	}
 	for (size_t i = 0; i < s->nplans && !rc; i++) {
 		struct step_plan *sp = &s->plans[i];
 		struct jfile *f;
 		size_t padded;
 		int64_t now;
 
-		if (!sp->buf.len)
+		if (!sp->len)
 			continue;
-		padded = CDP_ALIGN_UP(sp->buf.len, (size_t)CDP_IO_ALIGN);
+		padded = CDP_ALIGN_UP(sp->len, (size_t)CDP_IO_ALIGN);
 		pthread_mutex_lock(&j->mu);
 		f = current_file(sp->p);
 		pthread_mutex_unlock(&j->mu);
@@ -1539,21 +1600,13 @@ static int step_write(struct cdp_journal *j, struct step *s, struct cdp_err *err
 				pthread_mutex_unlock(&j->mu);
 			}
 		}
+		/* A prepared file is overwritten in place; any other one grows. */
+		if (!f->prepared || f->used + padded > f->size)
+			grow += padded;
 		sp->file = f;
 		sp->buf_off = f->used;
-		cdp_buf_reserve(&sp->buf, padded - sp->buf.len);
-		memset(sp->buf.data + sp->buf.len, 0, padded - sp->buf.len);
-		/* O_DIRECT needs an aligned buffer: copy into one. */
-		{
-			uint8_t *al = cdp_xaligned_alloc(CDP_IO_ALIGN, padded);
-
-			memcpy(al, sp->buf.data, padded);
-			free(sp->buf.data);
-			sp->buf.data = al;
-			sp->buf.cap = padded;
-		}
 		w[nw].fd = f->fd;
-		w[nw].buf = sp->buf.data;
+		w[nw].buf = sp->region;
 		w[nw].len = padded;
 		w[nw].off = f->used;
 		fds[nw] = f->fd;
@@ -1562,13 +1615,18 @@ static int step_write(struct cdp_journal *j, struct step *s, struct cdp_err *err
 		sp->fnew.used = f->used + padded;
 		sp->touched = true;
 	}
+	if (!rc && grow && !space_ok(j, grow, &avail))
+		rc = cdp_err_set(err, -ENOSPC, "disk full: %" PRIu64 " MiB free, the journal keeps "
+				 "%u MiB for its index", avail >> 20, JOURNAL_MIN_FREE >> 20);
 	if (!rc && nw) {
 		if (cdp_fault_point("journal.extent_write"))
 			rc = -EIO;
 		else
 			rc = j->io->pwritev_batch(j->io->ctx, w, nw);
 		if (rc)
-			cdp_err_sys(err, rc, "extent write");
+			cdp_err_sys(err, rc, "extent write (%u file%s, first plan %s file %" PRIu64 ")",
+				    nw, nw > 1 ? "s" : "", s->plans[0].p->conf.name,
+				    s->plans[0].file ? s->plans[0].file->fileno : 0);
 	}
 	if (!rc && nw) {
 		if (cdp_fault_point("journal.extent_sync"))
@@ -1576,7 +1634,8 @@ static int step_write(struct cdp_journal *j, struct step *s, struct cdp_err *err
 		else
 			rc = j->io->fdatasync_batch(j->io->ctx, fds, nw);
 		if (rc)
-			cdp_err_sys(err, rc, "extent fdatasync");
+			cdp_err_sys(err, rc, "extent fdatasync (%u file%s, first plan %s)", nw,
+				    nw > 1 ? "s" : "", s->plans[0].p->conf.name);
 	}
 	if (rc) {
 		/* fsyncgate: never write to or trust these files again. */
@@ -1595,118 +1654,75 @@ static int step_write(struct cdp_journal *j, struct step *s, struct cdp_err *err
 
 static void step_free(struct step *s)
 {
-	for (size_t i = 0; i < s->nplans; i++)
-		cdp_buf_release(&s->plans[i].buf);
 	free(s->plans);
 	if (s->wb)
 		rocksdb_writebatch_destroy(s->wb);
 }
 
-/* One durable step over the list @head. */
-static void commit_step(struct cdp_journal *j, struct cdp_journal_append *head)
+/*
+ * The group commit runs as a two-stage pipeline, so the disk never waits for
+ * the index: "io/commit" checks a group, writes and syncs its extent runs and
+ * builds its WriteBatch; "io/index" makes that batch durable, publishes the
+ * new state and acknowledges - while "io/commit" already writes the next
+ * group. The commit thread works on each plan's accept state (ast), which
+ * runs one step ahead of the published state (st). If an index write fails,
+ * every step accepted on top of it fails too (generation check), and the
+ * commit thread rebuilds its accept state from the published one once the
+ * index thread is idle.
+ */
+struct pstep {
+	struct step s;
+	struct cdp_journal_append *head;
+	struct cdp_err err;
+	int rc;
+	uint64_t gen;
+	uint64_t nsegs, nbytes;
+};
+
+/* Index thread: make a prepared step durable, publish it, acknowledge. */
+static void index_step(struct cdp_journal *j, struct pstep *ps)
 {
-	struct step s = { 0 };
-	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_journal_append *a, *next;
-	uint64_t nsegs = 0, nbytes = 0;
-	int rc = 0;
+	struct step *s = &ps->s;
+	int rc = ps->rc;
 
-	s.wb = rocksdb_writebatch_create();
 	pthread_mutex_lock(&j->commit_mu);	/* plan deletion waits for us */
-	for (a = head; a; a = a->next) {
-		if (a->op == JOP_DAMAGE)
-			step_damage(j, &s, a);
-		else
-			step_accept(j, &s, a);
-	}
-	rc = step_write(j, &s, &err);
+	if (!rc && ps->gen != __atomic_load_n(&j->gen, __ATOMIC_ACQUIRE))
+		rc = cdp_err_set(&ps->err, -EIO, "an earlier group commit failed; resend");
 	if (!rc) {
-		/* Index entries now that the files and offsets are known. */
-		for (a = head; a; a = a->next) {
-			struct step_plan *sp;
-			struct jseg ent = { 0 };
-			uint8_t k[JSEG_KEY_LEN], v[JSEG_VAL_LEN];
-
-			if (a->op != JOP_APPEND || !a->accepted)
-				continue;
-			sp = NULL;
-			for (size_t i = 0; i < s.nplans; i++)
-				if (s.plans[i].p->conf.plan_id == a->plan_id)
-					sp = &s.plans[i];
-			ent.first_seq = a->h.first_seq;
-			ent.last_seq = a->h.last_seq;
-			ent.t_first = a->h.t_first;
-			ent.t_last = a->h.t_last;
-			ent.fileno = sp->file->fileno;
-			ent.offset = sp->buf_off + a->ent_off;
-			ent.len = (uint32_t)a->len;
-			ent.flags = a->h.flags;
-			ent.raw_len = a->h.raw_len;
-			ent.nrecords = a->h.nrecords;
-			memcpy(ent.digest, a->h.digest, CDP_DIGEST_LEN);
-			ent.recv_time = a->recv_time_ns;
-			jseg_key(k, a->plan_id, a->h.first_seq, a->h.t_last);
-			jseg_encode(&ent, v);
-			rocksdb_writebatch_put_cf(s.wb, j->cf_seg, (char *)k, sizeof(k), (char *)v,
-						  sizeof(v));
-			if (!sp->fnew.first_seq)
-				sp->fnew.first_seq = a->h.first_seq;
-			/*
-			 * A heartbeat at seq N is folded (and its bytes released)
-			 * only once the horizon reaches N, with the segment after it.
-			 */
-			sp->fnew.last_seq = CDP_MAX(sp->fnew.last_seq,
-						    a->h.first_seq + CDP_MAX(a->h.nrecords, 1u) - 1);
-			nsegs++;
-			nbytes += a->len;
+		rc = jdb_write(j, s->wb, &ps->err);
+		if (rc) {
+			/* Steps built on this one are void; the commit thread rebuilds. */
+			__atomic_add_fetch(&j->gen, 1, __ATOMIC_ACQ_REL);
 		}
-		for (size_t i = 0; i < s.nplans; i++) {
-			struct step_plan *sp = &s.plans[i];
-			uint8_t k[16], v[JSTATE_VAL_LEN];
-			size_t klen;
-
-			if (!sp->touched)
-				continue;
-			if (sp->file)
-				jfile_put(j, s.wb, sp->p->conf.plan_id, &sp->fnew);
-			jstate_encode(&sp->st, v);
-			jmeta_key(k, &klen, 'S', sp->p->conf.plan_id, NULL, 0);
-			rocksdb_writebatch_put_cf(s.wb, j->cf_meta, (char *)k, klen, (char *)v,
-						  sizeof(v));
-		}
-		rc = jdb_write(j, s.wb, &err);
 	}
 	if (!rc) {
 		pthread_mutex_lock(&j->mu);
-		for (size_t i = 0; i < s.nplans; i++) {
-			struct step_plan *sp = &s.plans[i];
+		for (size_t i = 0; i < s->nplans; i++) {
+			struct step_plan *sp = &s->plans[i];
 
 			if (!sp->touched)
 				continue;
 			sp->p->st = sp->st;
 			sp->p->bytes += sp->bytes;
 			sp->p->nsegments += sp->nsegs;
-			if (sp->file) {
-				sp->file->used = sp->fnew.used;
-				sp->file->first_seq = sp->fnew.first_seq;
-				sp->file->last_seq = sp->fnew.last_seq;
-			}
 		}
 		j->steps++;
-		j->step_segments += nsegs;
-		j->step_bytes += nbytes;
+		j->step_segments += ps->nsegs;
+		j->step_bytes += ps->nbytes;
 		pthread_mutex_unlock(&j->mu);
-	} else {
+	} else if (ps->nsegs || !ps->rc) {
 		struct cdp_journal_event ev = { 0 };
 
 		ev.kind = CDP_JOURNAL_EV_IO_ERROR;
+		ev.plan_id = s->nplans ? s->plans[0].p->conf.plan_id : 0;
 		snprintf(ev.msg, sizeof(ev.msg), "group commit failed, nothing of it stored: %s",
-			 err.msg);
+			 ps->err.msg);
 		jevent(j, &ev);
 	}
 	pthread_mutex_unlock(&j->commit_mu);
 
-	for (a = head; a; a = next) {
+	for (a = ps->head; a; a = next) {
 		next = a->next;
 		free(a->priv);
 		a->priv = NULL;
@@ -1716,18 +1732,166 @@ static void commit_step(struct cdp_journal *j, struct cdp_journal_append *head)
 		}
 		if (rc && a->accepted) {
 			a->rc = rc;
-			a->err = err;
+			a->err = ps->err;
 		}
 		if (a->rc && !a->err.code)
 			a->err.code = a->rc;
 		a->done(a);
 	}
-	step_free(&s);
+	step_free(s);
+	free(ps);
+}
+
+/* Commit thread: check, lay out, write and sync one group; build its batch. */
+static struct pstep *prepare_step(struct cdp_journal *j, struct cdp_journal_append *head)
+{
+	struct pstep *ps = cdp_xcalloc(1, sizeof(*ps));
+	struct step *s = &ps->s;
+	struct cdp_journal_append *a;
+
+	ps->head = head;
+	ps->gen = __atomic_load_n(&j->gen, __ATOMIC_ACQUIRE);
+	s->wb = rocksdb_writebatch_create();
+	pthread_mutex_lock(&j->commit_mu);
+	for (a = head; a; a = a->next) {
+		if (a->op == JOP_DAMAGE)
+			step_damage(j, s, a);
+		else
+			step_accept(j, s, a);
+	}
+	ps->rc = step_write(j, s, head, &ps->err);
+	if (ps->rc) {
+		pthread_mutex_unlock(&j->commit_mu);
+		return ps;
+	}
+	/* Index entries now that the files and offsets are known. */
+	for (a = head; a; a = a->next) {
+		struct step_plan *sp = NULL;
+		struct jseg ent = { 0 };
+		uint8_t k[JSEG_KEY_LEN], v[JSEG_VAL_LEN];
+
+		if (a->op != JOP_APPEND || !a->accepted)
+			continue;
+		for (size_t i = 0; i < s->nplans; i++)
+			if (s->plans[i].p->conf.plan_id == a->plan_id)
+				sp = &s->plans[i];
+		ent.first_seq = a->h.first_seq;
+		ent.last_seq = a->h.last_seq;
+		ent.t_first = a->h.t_first;
+		ent.t_last = a->h.t_last;
+		ent.fileno = sp->file->fileno;
+		ent.offset = sp->buf_off + a->ent_off;
+		ent.len = (uint32_t)a->len;
+		ent.flags = a->h.flags;
+		ent.raw_len = a->h.raw_len;
+		ent.nrecords = a->h.nrecords;
+		memcpy(ent.digest, a->h.digest, CDP_DIGEST_LEN);
+		ent.recv_time = a->recv_time_ns;
+		jseg_key(k, a->plan_id, a->h.first_seq, a->h.t_last);
+		jseg_encode(&ent, v);
+		rocksdb_writebatch_put_cf(s->wb, j->cf_seg, (char *)k, sizeof(k), (char *)v,
+					  sizeof(v));
+		if (!sp->fnew.first_seq)
+			sp->fnew.first_seq = a->h.first_seq;
+		/*
+		 * A heartbeat at seq N is folded (and its bytes released) only
+		 * once the horizon reaches N, with the segment after it.
+		 */
+		sp->fnew.last_seq = CDP_MAX(sp->fnew.last_seq,
+					    a->h.first_seq + CDP_MAX(a->h.nrecords, 1u) - 1);
+		ps->nsegs++;
+		ps->nbytes += a->len;
+	}
+	pthread_mutex_lock(&j->mu);
+	for (size_t i = 0; i < s->nplans; i++) {
+		struct step_plan *sp = &s->plans[i];
+		uint8_t k[16], v[JSTATE_VAL_LEN];
+		size_t klen;
+
+		if (!sp->touched)
+			continue;
+		if (sp->file) {
+			jfile_put(j, s->wb, sp->p->conf.plan_id, &sp->fnew);
+			/* The next group goes after these blocks, indexed or not. */
+			sp->file->used = sp->fnew.used;
+			sp->file->first_seq = sp->fnew.first_seq;
+			sp->file->last_seq = sp->fnew.last_seq;
+		}
+		jstate_encode(&sp->st, v);
+		jmeta_key(k, &klen, 'S', sp->p->conf.plan_id, NULL, 0);
+		rocksdb_writebatch_put_cf(s->wb, j->cf_meta, (char *)k, klen, (char *)v, sizeof(v));
+		sp->p->ast = sp->st;
+	}
+	pthread_mutex_unlock(&j->mu);
+	pthread_mutex_unlock(&j->commit_mu);
+	return ps;
+}
+
+/* Hands @ps to the index thread (waits while it still holds the previous one). */
+static void handoff(struct cdp_journal *j, struct pstep *ps)
+{
+	pthread_mutex_lock(&j->smu);
+	while (j->ready)
+		pthread_cond_wait(&j->scond, &j->smu);	/* the index thread always takes it */
+	j->ready = ps;
+	pthread_cond_broadcast(&j->scond);
+	pthread_mutex_unlock(&j->smu);
+}
+
+/* After a failed index write: wait until the index thread is idle, then rebuild. */
+static void rebuild_if_failed(struct cdp_journal *j, uint64_t *seen_gen)
+{
+	uint64_t gen = __atomic_load_n(&j->gen, __ATOMIC_ACQUIRE);
+
+	if (gen == *seen_gen)
+		return;
+	pthread_mutex_lock(&j->smu);
+	while (j->ready || j->indexing)
+		pthread_cond_wait(&j->scond, &j->smu);
+	pthread_mutex_unlock(&j->smu);
+	pthread_mutex_lock(&j->mu);
+	for (size_t i = 0; i < j->nplans; i++) {
+		struct jplan *p = j->plans[i];
+		struct jfile *f = current_file(p);
+
+		p->ast = p->st;
+		if (f)
+			f->sealed = true;	/* unindexed blocks: start a new file */
+	}
+	pthread_mutex_unlock(&j->mu);
+	*seen_gen = gen;
+}
+
+static void *index_main(void *arg)
+{
+	struct cdp_journal *j = arg;
+
+	for (;;) {
+		struct pstep *ps;
+
+		pthread_mutex_lock(&j->smu);
+		while (!j->ready && !j->index_stop)
+			pthread_cond_wait(&j->scond, &j->smu);	/* stop signals */
+		ps = j->ready;
+		j->ready = NULL;
+		j->indexing = ps != NULL;
+		pthread_cond_broadcast(&j->scond);
+		pthread_mutex_unlock(&j->smu);
+		if (!ps)
+			break;
+		index_step(j, ps);
+		pthread_mutex_lock(&j->smu);
+		j->indexing = false;
+		pthread_cond_broadcast(&j->scond);
+		pthread_mutex_unlock(&j->smu);
+	}
+	return NULL;
 }
 
 static void *commit_main(void *arg)
 {
 	struct cdp_journal *j = arg;
+	uint64_t seen_gen = __atomic_load_n(&j->gen, __ATOMIC_ACQUIRE);
 
 	for (;;) {
 		struct cdp_journal_append *head, *tail, *rest;
@@ -1758,8 +1922,14 @@ static void *commit_main(void *arg)
 		j->qlen -= n;
 		pthread_cond_broadcast(&j->qroom);
 		pthread_mutex_unlock(&j->qmu);
-		commit_step(j, head);
+		rebuild_if_failed(j, &seen_gen);
+		handoff(j, prepare_step(j, head));
 	}
+	/* Let the index thread finish what it holds, then stop it. */
+	pthread_mutex_lock(&j->smu);
+	j->index_stop = true;
+	pthread_cond_broadcast(&j->scond);
+	pthread_mutex_unlock(&j->smu);
 	return NULL;
 }
 
@@ -1934,6 +2104,7 @@ static int load_plan(struct cdp_journal *j, const uint8_t *v, size_t vlen, struc
 	rc = jdb_get(j, j->cf_meta, k, klen, &b, &found, err);
 	if (!rc && (!found || jstate_decode(b.data, b.len, &p->st)))
 		rc = cdp_err_set(err, -EIO, "plan %s: state record unreadable", p->conf.name);
+	p->ast = p->st;
 	if (!rc) {
 		jmeta_key(k, &klen, 'H', p->conf.plan_id, NULL, 0);
 		rc = jdb_get(j, j->cf_meta, k, klen, &b, &found, err);
@@ -1990,6 +2161,7 @@ static int load_plan(struct cdp_journal *j, const uint8_t *v, size_t vlen, struc
 				f->used = cdp_get_le64(fv + 8);
 				f->first_seq = cdp_get_le64(fv + 16);
 				f->last_seq = cdp_get_le64(fv + 24);
+				f->prepared = cdp_get_le64(fv + 32) != 0;
 				f->sealed = true;
 				*tail = f;
 				tail = &f->next;
@@ -2118,10 +2290,14 @@ static void *prep_main(void *arg)
 		uint64_t n;
 		bool need;
 
+		uint64_t avail = 0;
+
 		pthread_mutex_lock(&j->mu);
 		need = j->nspares < j->opts.spare_extents;
 		n = j->next_spare++;
 		pthread_mutex_unlock(&j->mu);
+		if (need && !space_ok(j, j->opts.extent_max_bytes, &avail))
+			need = false;	/* no room for a spare: writes grow files instead */
 		if (need) {
 			if (prepare_spare(j, n, &err) == 0) {
 				pthread_mutex_lock(&j->mu);
@@ -2151,14 +2327,24 @@ static int open_db(struct cdp_journal *j, struct cdp_err *err)
 	rocksdb_options_set_max_background_jobs(j->dbopts, 2);
 	rocksdb_options_set_keep_log_file_num(j->dbopts, 2);
 	rocksdb_options_set_info_log_level(j->dbopts, 2);	/* warnings and up */
+	/*
+	 * The index is small: a small memtable keeps the WAL's preallocation
+	 * (1.1 x the write buffer) small, and recycled WAL files make each
+	 * synced batch an overwrite rather than an append.
+	 */
+	rocksdb_options_set_write_buffer_size(j->dbopts, 8u << 20);
+	rocksdb_options_set_max_total_wal_size(j->dbopts, 64u << 20);
+	rocksdb_options_set_recycle_log_file_num(j->dbopts, 4);
 	for (int i = 0; i < 4; i++)
 		cfopts[i] = j->dbopts;
 	snprintf(path, sizeof(path), "%s/index", j->dir);
 	j->db = rocksdb_open_column_families(j->dbopts, path, 4, names, cfopts, handles, &dberr);
 	if (dberr) {
-		cdp_err_set(err, -EIO, "open index %s: %s", path, dberr);
+		int code = strstr(dberr, "No space left") ? -ENOSPC : -EIO;
+
+		cdp_err_set(err, code, "open index %s: %s", path, dberr);
 		free(dberr);
-		return -EIO;
+		return code;
 	}
 	j->cf_default = handles[0];
 	j->cf_seg = handles[1];
@@ -2209,6 +2395,7 @@ struct cdp_journal *cdp_journal_open(const char *dir, const struct cdp_journal_o
 	pthread_mutex_init(&j->qmu, NULL);
 	pthread_mutex_init(&j->fold_mu, NULL);
 	pthread_mutex_init(&j->commit_mu, NULL);
+	pthread_mutex_init(&j->smu, NULL);
 	pthread_mutex_init(&j->bgmu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -2216,6 +2403,7 @@ struct cdp_journal *cdp_journal_open(const char *dir, const struct cdp_journal_o
 	pthread_cond_init(&j->qroom, &ca);
 	pthread_cond_init(&j->bgcond, &ca);
 	pthread_cond_init(&j->spare_cond, &ca);
+	pthread_cond_init(&j->scond, &ca);
 	pthread_condattr_destroy(&ca);
 
 	snprintf(path, sizeof(path), "%s/extents/spare", dir);
@@ -2227,6 +2415,19 @@ struct cdp_journal *cdp_journal_open(const char *dir, const struct cdp_journal_o
 	if (rc) {
 		cdp_err_sys(err, rc, "mkdir %s", path);
 		goto fail;
+	}
+	{
+		/* RocksDB aborts (an assertion in its log writer) on a full disk. */
+		struct statvfs vfs;
+
+		if (statvfs(dir, &vfs) == 0 &&
+		    (uint64_t)vfs.f_bavail * vfs.f_frsize < JOURNAL_MIN_FREE) {
+			rc = cdp_err_set(err, -ENOSPC, "journal %s: %" PRIu64 " MiB free, at least %u "
+					 "MiB needed to open it safely", dir,
+					 (uint64_t)vfs.f_bavail * vfs.f_frsize >> 20,
+					 JOURNAL_MIN_FREE >> 20);
+			goto fail;
+		}
 	}
 	rc = open_db(j, err);
 	if (!rc)
@@ -2243,12 +2444,20 @@ struct cdp_journal *cdp_journal_open(const char *dir, const struct cdp_journal_o
 		jverify_plan(j, j->plans[i], &verr);
 	}
 
+	/* The staging area of a full group, faulted in now rather than per step. */
+	stage_reserve(j, j->opts.group_max_bytes + 64 * CDP_IO_ALIGN + (8u << 20));
 	rc = cdp_thread_start(&j->commit_thread, "io/commit", commit_main, j);
 	if (rc) {
 		cdp_err_sys(err, rc, "start commit thread");
 		goto fail;
 	}
 	j->have_commit = true;
+	rc = cdp_thread_start(&j->index_thread, "io/index", index_main, j);
+	if (rc) {
+		cdp_err_sys(err, rc, "start index thread");
+		goto fail;
+	}
+	j->have_index = true;
 	if (!j->opts.no_verifier) {
 		rc = cdp_thread_start(&j->verify_thread, "verify", jverify_main, j);
 		j->have_verify = rc == 0;
@@ -2283,6 +2492,10 @@ void cdp_journal_close(struct cdp_journal *j)
 	/* The commit thread drains what was queued before closing. */
 	if (j->have_commit)
 		pthread_join(j->commit_thread, NULL);
+	if (j->have_index) {
+		/* The commit thread asked it to stop after its last step. */
+		pthread_join(j->index_thread, NULL);
+	}
 	if (j->have_verify)
 		pthread_join(j->verify_thread, NULL);
 	if (j->have_retain)
@@ -2309,11 +2522,14 @@ void cdp_journal_close(struct cdp_journal *j)
 	pthread_mutex_destroy(&j->qmu);
 	pthread_mutex_destroy(&j->fold_mu);
 	pthread_mutex_destroy(&j->commit_mu);
+	pthread_mutex_destroy(&j->smu);
+	pthread_cond_destroy(&j->scond);
 	pthread_mutex_destroy(&j->bgmu);
 	pthread_cond_destroy(&j->qcond);
 	pthread_cond_destroy(&j->qroom);
 	pthread_cond_destroy(&j->bgcond);
 	pthread_cond_destroy(&j->spare_cond);
+	free(j->stage);
 	free(j->dir);
 	free(j);
 }

@@ -75,6 +75,7 @@ struct jfile {
 	uint64_t last_seq;	/* highest seq in it */
 	int64_t opened_mono;	/* when it became current */
 	bool sealed;		/* no more writes: full, slice over, reopened, or failed */
+	bool prepared;		/* written whole once (a spare): recyclable as such */
 	struct jfile *next;	/* ascending fileno */
 };
 
@@ -86,7 +87,8 @@ struct jpin {
 
 struct jplan {
 	struct cdp_journal_plan conf;	/* guarded by mu */
-	struct jstate st;		/* guarded by mu; written by the commit thread */
+	struct jstate st;		/* guarded by mu; published by the index thread */
+	struct jstate ast;		/* guarded by mu; the commit thread's accept state */
 	uint64_t horizon_seq;		/* guarded by mu; written by folds */
 	uint8_t horizon_digest[CDP_DIGEST_LEN];
 	int64_t horizon_t;
@@ -156,11 +158,23 @@ struct cdp_journal {
 	uint64_t next_spare;
 	pthread_cond_t spare_cond;
 
-	pthread_t commit_thread, verify_thread, retain_thread, prep_thread;
-	bool have_commit, have_verify, have_retain, have_prep;
+	pthread_t commit_thread, index_thread, verify_thread, retain_thread, prep_thread;
+	bool have_commit, have_index, have_verify, have_retain, have_prep;
+
+	/* the commit -> index hand-off (one prepared step), guarded by smu */
+	pthread_mutex_t smu;
+	pthread_cond_t scond;
+	struct pstep *ready;
+	bool indexing;
+	bool index_stop;
+	uint64_t gen;			/* atomic: bumped when an index write fails */
 	pthread_mutex_t bgmu;		/* background threads' sleep */
 	pthread_cond_t bgcond;
 	bool stopping;			/* guarded by bgmu */
+
+	/* commit thread only: where a group's runs are laid out before writing */
+	uint8_t *stage;
+	size_t stage_cap;
 
 	/* statistics, commit thread only (read racily for reports) */
 	uint64_t steps, step_segments, step_bytes;

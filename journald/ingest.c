@@ -1,0 +1,646 @@
+/*
+ * journald/ingest - Capture.Stream: the agent's segments in, acks out.
+ *
+ * The cq thread only copies each message onto the stream's ingest queue
+ * (streams are spread over ingest_threads workers; one stream always goes to
+ * the same worker, so its segments stay in order). When a stream has
+ * ingest_queue messages waiting, its reads pause until the worker catches
+ * up: gRPC flow control then holds the agent back.
+ *
+ * A worker validates everything before the journal sees it: the hello (plan,
+ * identity, epoch, volumes), then each segment fully decoded (header, CRCs,
+ * every record against the plan's volume sizes) — so bad input is refused
+ * with a status naming the field and never reaches the store. The journal
+ * checks what depends on its state (gap, replay, epoch, full) in its group
+ * commit; the ack goes out from the journal's commit thread only once the
+ * segment is durable. Any refusal ends the stream with a status; the daemon
+ * and the journal are unharmed.
+ *
+ * A stream holds references: one from on_open until on_done, one per queued
+ * message and one per append in flight; the last one frees it.
+ */
+#include "journald/journald.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "storage/segment.h"
+
+struct jd_stream {
+	struct jd *d;
+	struct cdp_rpc_call *call;	/* referenced until the stream is freed */
+	pthread_mutex_t mu;
+	unsigned refs;			/* guarded by mu */
+	unsigned queued;		/* guarded by mu: messages waiting for the worker */
+	unsigned inflight;		/* guarded by mu: appends not yet done */
+	bool paused, done, failed, half_closed, finished;	/* guarded by mu */
+	unsigned worker;
+	/* worker thread only, after the hello */
+	bool hello;
+	uint64_t plan_id;
+	uint64_t epoch;
+	uint32_t nvol;
+	uint64_t vol_size[CDP_JOURNAL_MAX_VOLUMES];
+	char plan_name[CDP_JOURNAL_NAME_MAX + 1];
+	struct cdp_ratelimit skew_rl;
+};
+
+struct jd_item {
+	struct jd_stream *s;
+	uint8_t *msg;
+	size_t len;
+	bool half_close;
+};
+
+struct jd_append {
+	struct cdp_journal_append a;
+	struct jd_stream *s;
+	uint8_t *data;
+};
+
+static unsigned next_worker;	/* cq thread only */
+
+static void stream_unref(struct jd_stream *s)
+{
+	bool last;
+
+	pthread_mutex_lock(&s->mu);
+	last = --s->refs == 0;
+	pthread_mutex_unlock(&s->mu);
+	if (!last)
+		return;
+	cdp_rpc_call_unref(s->call);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}
+
+/* Ends the stream with a status once (any thread). */
+static void stream_fail(struct jd_stream *s, const struct cdp_err *err)
+{
+	bool first;
+
+	pthread_mutex_lock(&s->mu);
+	first = !s->failed && !s->finished;
+	s->failed = true;
+	pthread_mutex_unlock(&s->mu);
+	if (first) {
+		cdp_log_warn("ingest: %s: %s", cdp_rpc_call_peer(s->call), err->msg);
+		cdp_rpc_call_finish_err(s->call, err);
+	}
+}
+
+/* The agent said it is done: finish OK once every append is acked. */
+static void maybe_finish(struct jd_stream *s)
+{
+	bool fin;
+
+	pthread_mutex_lock(&s->mu);
+	fin = s->half_closed && !s->inflight && !s->failed && !s->finished && !s->queued;
+	if (fin)
+		s->finished = true;
+	pthread_mutex_unlock(&s->mu);
+	if (fin)
+		cdp_rpc_call_finish(s->call, CDP_RPC_OK, NULL);
+}
+
+static int send_down(struct jd_stream *s, const Cdp__V1__CaptureDown *m)
+{
+	size_t len;
+	void *buf = jd_pack(&m->base, &len);
+
+	return cdp_rpc_call_send_take(s->call, buf, len);
+}
+
+/* ---- rpc callbacks (cq thread) -------------------------------------------- */
+
+static void on_open(struct cdp_rpc_call *call, void *arg)
+{
+	struct jd *d = arg;
+	struct jd_stream *s = cdp_xcalloc(1, sizeof(*s));
+
+	s->d = d;
+	s->call = call;
+	cdp_rpc_call_ref(call);
+	pthread_mutex_init(&s->mu, NULL);
+	s->refs = 1;
+	s->worker = next_worker++ % (unsigned)d->cfg.ingest_threads;
+	s->skew_rl.interval_ns = 60 * CDP_NS_PER_SEC;
+	s->skew_rl.burst = 1;
+	cdp_rpc_call_set_user(call, s);
+}
+
+static void enqueue(struct jd_stream *s, struct jd_item *it)
+{
+	struct cdp_err err = CDP_ERR_INIT;
+	int rc;
+
+	pthread_mutex_lock(&s->mu);
+	s->refs++;
+	s->queued++;
+	if (!s->paused && s->queued >= (unsigned)s->d->cfg.ingest_queue) {
+		s->paused = true;
+		cdp_rpc_call_pause_recv(s->call);
+	}
+	pthread_mutex_unlock(&s->mu);
+	rc = cdp_queue_push(s->d->ingq[s->worker], it, 0);
+	if (rc) {
+		cdp_err_set(&err, -ENOSPC, "ingest queue full");
+		stream_fail(s, &err);
+		pthread_mutex_lock(&s->mu);
+		s->queued--;
+		pthread_mutex_unlock(&s->mu);
+		free(it->msg);
+		free(it);
+		stream_unref(s);
+	}
+}
+
+static void on_message(struct cdp_rpc_call *call, const uint8_t *msg, size_t len, void *arg)
+{
+	struct jd_stream *s = cdp_rpc_call_user(call);
+	struct jd_item *it = cdp_xcalloc(1, sizeof(*it));
+
+	it->s = s;
+	it->msg = cdp_xmalloc(len ? len : 1);
+	memcpy(it->msg, msg, len);
+	it->len = len;
+	enqueue(s, it);
+}
+
+static void on_half_close(struct cdp_rpc_call *call, void *arg)
+{
+	struct jd_stream *s = cdp_rpc_call_user(call);
+	struct jd_item *it = cdp_xcalloc(1, sizeof(*it));
+
+	it->s = s;
+	it->half_close = true;
+	enqueue(s, it);
+}
+
+static void on_done(struct cdp_rpc_call *call, enum cdp_rpc_code code, bool cancelled, void *arg)
+{
+	struct jd_stream *s = cdp_rpc_call_user(call);
+	struct jd *d = arg;
+
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->done = true;
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_lock(&d->mu);
+	for (size_t i = 0; i < d->nplans; i++)
+		if (d->plans[i]->agent == s)
+			d->plans[i]->agent = NULL;
+	pthread_mutex_unlock(&d->mu);
+	stream_unref(s);
+}
+
+/* ---- the worker ---------------------------------------------------------- */
+
+static void fill_volumes(Cdp__V1__Volume ***out, size_t *n, const Cdp__V1__Plan *pb)
+{
+	*n = pb->n_volumes;
+	*out = pb->volumes;	/* borrowed for packing only */
+}
+
+static void handle_hello(struct jd_stream *s, const Cdp__V1__CaptureHello *h)
+{
+	struct jd *d = s->d;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_journal_resume r;
+	Cdp__V1__CaptureDown down = CDP__V1__CAPTURE_DOWN__INIT;
+	Cdp__V1__CaptureWelcome w = CDP__V1__CAPTURE_WELCOME__INIT;
+	Cdp__V1__SyncCheckpoint ck = CDP__V1__SYNC_CHECKPOINT__INIT;
+	struct jd_stream *old = NULL;
+	struct jd_plan *jp;
+	Cdp__V1__Plan *pb = NULL;
+	char ident[160] = "";
+	int rc = 0;
+
+	pthread_mutex_lock(&d->mu);
+	jp = jd_plan_find_locked(d, h->plan);
+	if (jp)
+		pb = jd_plan_copy(jp->pb);
+	pthread_mutex_unlock(&d->mu);
+	if (!pb) {
+		cdp_err_set(&err, -ENOENT, "hello: plan '%s' not found", h->plan);
+		goto fail;
+	}
+	if (d->tls) {
+		cdp_rpc_call_peer_identity(s->call, ident, sizeof(ident));
+		if (strcmp(ident, pb->agent_id)) {
+			cdp_err_set(&err, -EPERM, "hello: certificate '%s' is not plan %s's agent "
+				    "(%s)", ident, pb->name, pb->agent_id);
+			goto fail;
+		}
+	}
+	if (strcmp(h->agent_id, pb->agent_id)) {
+		cdp_err_set(&err, -EPERM, "hello: agent_id '%s' is not plan %s's agent (%s)",
+			    h->agent_id, pb->name, pb->agent_id);
+		goto fail;
+	}
+	if (pb->paused) {
+		cdp_err_set(&err, -ESTALE, "hello: plan %s is paused", pb->name);
+		goto fail;
+	}
+	if (h->epoch != pb->epoch) {
+		cdp_err_set(&err, -ESTALE, "hello: %s epoch %" PRIu64 ", plan %s is at epoch %"
+			    PRIu64, h->epoch < pb->epoch ? "stale" : "unknown", h->epoch, pb->name,
+			    pb->epoch);
+		goto fail;
+	}
+	if (h->n_volumes != pb->n_volumes) {
+		cdp_err_set(&err, -EINVAL, "hello: volumes: %zu, plan %s has %zu", h->n_volumes,
+			    pb->name, pb->n_volumes);
+		goto fail;
+	}
+	for (size_t i = 0; i < h->n_volumes; i++) {
+		const Cdp__V1__Volume *v = h->volumes[i];
+
+		if (strcmp(v->name, pb->volumes[i]->name) || v->size != pb->volumes[i]->size) {
+			cdp_err_set(&err, -EINVAL, "hello: volume %zu: %s of %" PRIu64 " bytes, plan "
+				    "%s has %s of %" PRIu64, i, v->name, v->size, pb->name,
+				    pb->volumes[i]->name, pb->volumes[i]->size);
+			goto fail;
+		}
+		s->vol_size[i] = v->size;
+	}
+	rc = cdp_journal_resume_info(d->j, pb->plan_id, &r, &err);
+	if (rc)
+		goto fail;
+	s->nvol = (uint32_t)h->n_volumes;
+	s->plan_id = pb->plan_id;
+	s->epoch = pb->epoch;
+	snprintf(s->plan_name, sizeof(s->plan_name), "%s", pb->name);
+	s->hello = true;
+
+	w.plan_id = pb->plan_id;
+	w.epoch = r.epoch;
+	w.durable_seq = r.durable_seq;
+	w.digest.data = r.digest;
+	w.digest.len = CDP_DIGEST_LEN;
+	w.last_time_ns = r.last_time_ns;
+	w.last_point_ns = r.last_point_ns;
+	w.has_checkpoint = r.has_ckpt;
+	if (r.has_ckpt) {
+		ck.sync_id = r.ckpt.sync_id;
+		ck.kind = r.ckpt.kind;
+		ck.volume = r.ckpt.volume;
+		ck.offset = r.ckpt.offset;
+		w.checkpoint = &ck;
+	}
+	fill_volumes(&w.volumes, &w.n_volumes, pb);
+	down.msg_case = CDP__V1__CAPTURE_DOWN__MSG_WELCOME;
+	down.welcome = &w;
+	send_down(s, &down);
+
+	/* One agent stream per plan: a reconnecting agent replaces a stale one. */
+	pthread_mutex_lock(&d->mu);
+	jp = jd_plan_by_id_locked(d, s->plan_id);
+	if (jp) {
+		old = jp->agent;
+		jp->agent = s;
+		if (old) {
+			pthread_mutex_lock(&old->mu);
+			old->refs++;
+			pthread_mutex_unlock(&old->mu);
+		}
+	}
+	pthread_mutex_unlock(&d->mu);
+	if (old) {
+		struct cdp_err e2 = CDP_ERR_INIT;
+
+		cdp_err_set(&e2, -ECANCELED, "plan %s: replaced by a newer agent stream", pb->name);
+		stream_fail(old, &e2);
+		stream_unref(old);
+	}
+	cdp_log_info("ingest: plan %s: agent %s connected from %s, resuming after seq %" PRIu64,
+		     pb->name, h->agent_id, cdp_rpc_call_peer(s->call), r.durable_seq);
+	cdp__v1__plan__free_unpacked(pb, NULL);
+	return;
+fail:
+	if (pb)
+		cdp__v1__plan__free_unpacked(pb, NULL);
+	stream_fail(s, &err);
+}
+
+static void append_done(struct cdp_journal_append *a)
+{
+	struct jd_append *ja = (struct jd_append *)a;
+	struct jd_stream *s = ja->s;
+
+	if (a->rc) {
+		if (a->rc == -ENOSPC && strstr(a->err.msg, "journal full")) {
+			Cdp__V1__CaptureDown down = CDP__V1__CAPTURE_DOWN__INIT;
+			Cdp__V1__Notice n = CDP__V1__NOTICE__INIT;
+
+			n.kind = CDP__V1__NOTICE__KIND__KIND_JOURNAL_FULL;
+			n.text = a->err.msg;
+			down.msg_case = CDP__V1__CAPTURE_DOWN__MSG_NOTICE;
+			down.notice = &n;
+			send_down(s, &down);
+		}
+		stream_fail(s, &a->err);
+	} else {
+		Cdp__V1__CaptureDown down = CDP__V1__CAPTURE_DOWN__INIT;
+		Cdp__V1__Ack ack = CDP__V1__ACK__INIT;
+
+		ack.durable_seq = a->h.nrecords ? a->h.last_seq : a->h.first_seq - 1;
+		down.msg_case = CDP__V1__CAPTURE_DOWN__MSG_ACK;
+		down.ack = &ack;
+		send_down(s, &down);
+	}
+	pthread_mutex_lock(&s->mu);
+	s->inflight--;
+	pthread_mutex_unlock(&s->mu);
+	maybe_finish(s);
+	free(ja->data);
+	free(ja);
+	stream_unref(s);
+}
+
+static void handle_segment(struct jd_stream *s, const Cdp__V1__Segment *sg)
+{
+	struct jd *d = s->d;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_seg_expect ex = { 0 };
+	struct cdp_segment *seg = NULL;
+	struct jd_append *ja;
+	int64_t now, skew;
+	int rc;
+
+	if (!s->hello) {
+		cdp_err_set(&err, -ESTALE, "segment before hello");
+		stream_fail(s, &err);
+		return;
+	}
+	if (sg->data.len > d->cfg.max_segment) {
+		cdp_err_set(&err, -ENOSPC, "segment: %zu bytes > max_segment %" PRIu64,
+			    sg->data.len, d->cfg.max_segment);
+		stream_fail(s, &err);
+		return;
+	}
+	ex.check_plan = true;
+	ex.plan_id = s->plan_id;
+	ex.min_time = INT64_MIN;
+	ex.volume_sizes = s->vol_size;
+	ex.nvolumes = s->nvol;
+	rc = cdp_seg_decode(sg->data.data, sg->data.len, &ex, &seg, &err);
+	if (rc) {
+		cdp_err_prefix(&err, "plan %s", s->plan_name);
+		stream_fail(s, &err);
+		return;
+	}
+	now = cdp_clock_wall_ns(d->clock);
+	skew = now - seg->h.t_last;
+	if ((skew > d->cfg.max_clock_skew || -skew > d->cfg.max_clock_skew) &&
+	    cdp_ratelimit_ok(&s->skew_rl, cdp_clock_mono_ns(d->clock))) {
+		Cdp__V1__CaptureDown down = CDP__V1__CAPTURE_DOWN__INIT;
+		Cdp__V1__Notice n = CDP__V1__NOTICE__INIT;
+		char text[160];
+
+		snprintf(text, sizeof(text), "plan %s: agent clock %+" PRId64 " ms from the journal "
+			 "server's (max_clock_skew %" PRId64 " ms)", s->plan_name,
+			 -skew / CDP_NS_PER_MS, d->cfg.max_clock_skew / CDP_NS_PER_MS);
+		cdp_log_warn("ingest: %s", text);
+		n.kind = CDP__V1__NOTICE__KIND__KIND_CLOCK_SKEW;
+		n.text = text;
+		down.msg_case = CDP__V1__CAPTURE_DOWN__MSG_NOTICE;
+		down.notice = &n;
+		send_down(s, &down);
+	}
+	cdp_segment_free(seg);
+
+	ja = cdp_xcalloc(1, sizeof(*ja));
+	ja->s = s;
+	ja->data = cdp_xmalloc(sg->data.len);
+	memcpy(ja->data, sg->data.data, sg->data.len);
+	ja->a.plan_id = s->plan_id;
+	ja->a.seg = ja->data;
+	ja->a.len = sg->data.len;
+	ja->a.recv_time_ns = now;
+	if (sg->has_checkpoint && sg->checkpoint) {
+		ja->a.has_ckpt = true;
+		ja->a.ckpt.sync_id = sg->checkpoint->sync_id;
+		ja->a.ckpt.kind = sg->checkpoint->kind;
+		ja->a.ckpt.volume = sg->checkpoint->volume;
+		ja->a.ckpt.offset = sg->checkpoint->offset;
+	}
+	ja->a.done = append_done;
+	pthread_mutex_lock(&s->mu);
+	s->refs++;
+	s->inflight++;
+	pthread_mutex_unlock(&s->mu);
+	rc = cdp_journal_submit(d->j, &ja->a);
+	if (rc) {
+		struct cdp_err e2 = ja->a.err;
+
+		pthread_mutex_lock(&s->mu);
+		s->inflight--;
+		pthread_mutex_unlock(&s->mu);
+		free(ja->data);
+		free(ja);
+		stream_fail(s, &e2);
+		stream_unref(s);
+	}
+}
+
+static void handle_item(struct jd_item *it)
+{
+	struct jd_stream *s = it->s;
+	struct cdp_err err = CDP_ERR_INIT;
+	Cdp__V1__CaptureUp *up;
+	bool skip, resume = false;
+
+	pthread_mutex_lock(&s->mu);
+	skip = s->failed || s->done;
+	pthread_mutex_unlock(&s->mu);
+	if (it->half_close) {
+		pthread_mutex_lock(&s->mu);
+		s->half_closed = true;
+		pthread_mutex_unlock(&s->mu);
+	} else if (!skip) {
+		up = cdp__v1__capture_up__unpack(NULL, it->len, it->msg);
+		if (!up) {
+			cdp_err_set(&err, -EINVAL, "CaptureUp: %zu bytes are not a valid message",
+				    it->len);
+			stream_fail(s, &err);
+		} else if (up->msg_case == CDP__V1__CAPTURE_UP__MSG_HELLO) {
+			if (s->hello) {
+				cdp_err_set(&err, -EINVAL, "hello: sent twice");
+				stream_fail(s, &err);
+			} else {
+				handle_hello(s, up->hello);
+			}
+		} else if (up->msg_case == CDP__V1__CAPTURE_UP__MSG_SEGMENT) {
+			handle_segment(s, up->segment);
+		} else {
+			cdp_err_set(&err, -EINVAL, "CaptureUp: empty message (no hello, no segment)");
+			stream_fail(s, &err);
+		}
+		if (up)
+			cdp__v1__capture_up__free_unpacked(up, NULL);
+	}
+	pthread_mutex_lock(&s->mu);
+	s->queued--;
+	if (s->paused && s->queued < (unsigned)s->d->cfg.ingest_queue / 2) {
+		s->paused = false;
+		resume = true;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (resume)
+		cdp_rpc_call_resume_recv(s->call);
+	maybe_finish(s);
+	free(it->msg);
+	free(it);
+	stream_unref(s);
+}
+
+struct worker_arg {
+	struct jd *d;
+	unsigned n;
+};
+
+static void *ingest_main(void *p)
+{
+	struct worker_arg *wa = p;
+	struct cdp_queue *q = wa->d->ingq[wa->n];
+
+	for (;;) {
+		void *it;
+		int rc = cdp_queue_pop(q, &it, CDP_QUEUE_UNTIL_CLOSED);
+
+		if (rc == -ECANCELED)
+			break;
+		if (rc == 0)
+			handle_item(it);
+	}
+	free(wa);
+	return NULL;
+}
+
+/* ---- commands to agents --------------------------------------------------- */
+
+int jd_agent_command(struct jd *d, uint64_t plan_id, const Cdp__V1__Command *cmd,
+		     struct cdp_err *err)
+{
+	Cdp__V1__CaptureDown down = CDP__V1__CAPTURE_DOWN__INIT;
+	struct jd_stream *s = NULL;
+	struct jd_plan *jp;
+	int rc;
+
+	pthread_mutex_lock(&d->mu);
+	jp = jd_plan_by_id_locked(d, plan_id);
+	if (jp && jp->agent) {
+		s = jp->agent;
+		pthread_mutex_lock(&s->mu);
+		s->refs++;
+		pthread_mutex_unlock(&s->mu);
+	}
+	pthread_mutex_unlock(&d->mu);
+	if (!s)
+		return cdp_err_set(err, -ENOTCONN, "plan %" PRIu64 ": its agent is not connected",
+				   plan_id);
+	down.msg_case = CDP__V1__CAPTURE_DOWN__MSG_COMMAND;
+	down.command = (Cdp__V1__Command *)cmd;
+	rc = send_down(s, &down);
+	stream_unref(s);
+	if (rc)
+		return cdp_err_set(err, rc, "plan %" PRIu64 ": agent stream is closing", plan_id);
+	return 0;
+}
+
+void jd_on_journal_event(void *arg, const struct cdp_journal_event *ev)
+{
+	struct jd *d = arg;
+	Cdp__V1__Command cmd = CDP__V1__COMMAND__INIT;
+	Cdp__V1__Resync rs = CDP__V1__RESYNC__INIT;
+	Cdp__V1__Range *ranges, **rp;
+	struct cdp_journal_plan p;
+	struct cdp_err err = CDP_ERR_INIT;
+	size_t n;
+
+	if (!d || ev->kind != CDP_JOURNAL_EV_CORRUPT)
+		return;
+	/* Resync what the bad segment touched; all of every volume if unknown. */
+	if (ev->ranges_known) {
+		n = ev->nranges;
+	} else {
+		if (cdp_journal_plan_get(d->j, ev->plan_id, &p, NULL, NULL))
+			return;
+		n = p.nvolumes;
+	}
+	ranges = cdp_xcalloc(n ? n : 1, sizeof(*ranges));
+	rp = cdp_xcalloc(n ? n : 1, sizeof(*rp));
+	for (size_t i = 0; i < n; i++) {
+		cdp__v1__range__init(&ranges[i]);
+		if (ev->ranges_known) {
+			ranges[i].volume = ev->ranges[i].volume;
+			ranges[i].offset = ev->ranges[i].offset;
+			ranges[i].length = ev->ranges[i].length;
+		} else {
+			ranges[i].volume = (uint32_t)i;
+			ranges[i].length = p.volume_size[i];
+		}
+		rp[i] = &ranges[i];
+	}
+	rs.n_ranges = n;
+	rs.ranges = rp;
+	rs.reason = (char *)ev->msg;
+	cmd.cmd_case = CDP__V1__COMMAND__CMD_RESYNC;
+	cmd.resync = &rs;
+	if (jd_agent_command(d, ev->plan_id, &cmd, &err))
+		cdp_log_warn("journal: plan %" PRIu64 ": resync of a bad segment not sent: %s",
+			     ev->plan_id, err.msg);
+	free(ranges);
+	free(rp);
+}
+
+/* ---- start and stop ------------------------------------------------------ */
+
+int jd_ingest_start(struct jd *d, struct cdp_err *err)
+{
+	static const struct cdp_rpc_handlers h = {
+		.on_open = on_open,
+		.on_message = on_message,
+		.on_half_close = on_half_close,
+		.on_done = on_done,
+	};
+	int rc;
+
+	d->ingq = cdp_xcalloc((size_t)d->cfg.ingest_threads, sizeof(*d->ingq));
+	d->ing_threads = cdp_xcalloc((size_t)d->cfg.ingest_threads, sizeof(*d->ing_threads));
+	for (int64_t i = 0; i < d->cfg.ingest_threads; i++) {
+		struct worker_arg *wa = cdp_xcalloc(1, sizeof(*wa));
+		char name[16];
+
+		d->ingq[i] = cdp_queue_new("cq>ingest", 65536);
+		wa->d = d;
+		wa->n = (unsigned)i;
+		snprintf(name, sizeof(name), "ingest/%d", (int)i);
+		rc = cdp_thread_start(&d->ing_threads[i], name, ingest_main, wa);
+		if (rc)
+			return cdp_err_sys(err, rc, "start %s", name);
+	}
+	return cdp_rpc_server_add_method(d->srv, "/cdp.v1.Capture/Stream", CDP_RPC_BIDI_STREAMING,
+					 &h, d, err);
+}
+
+void jd_ingest_stop(struct jd *d)
+{
+	if (!d->ingq)
+		return;
+	for (int64_t i = 0; i < d->cfg.ingest_threads; i++)
+		cdp_queue_close(d->ingq[i]);
+	for (int64_t i = 0; i < d->cfg.ingest_threads; i++) {
+		pthread_join(d->ing_threads[i], NULL);
+		cdp_queue_free(d->ingq[i]);
+	}
+	free(d->ingq);
+	free(d->ing_threads);
+	d->ingq = NULL;
+}
