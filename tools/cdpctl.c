@@ -548,6 +548,7 @@ static int cmd_restore(struct ctl *c, const char *plan, const char *at, const ch
 		Cdp__V1__RestoreChunk *ch = cdp__v1__restore_chunk__unpack(NULL, msg.len, msg.data);
 		char path[4096];
 
+		rc = 0;
 		if (!ch || ch->volume >= 32 || strchr(ch->volume_name, '/') ||
 		    !ch->volume_name[0]) {
 			rc = cdp_err_set(err, -EBADMSG, "restore: bad chunk from the server");
