@@ -567,11 +567,9 @@ struct cdp_rpc_server {
 
 static void call_free(struct cdp_rpc_call *c)
 {
-	struct cdp_rpc_server *srv = c->srv;
+	grpc_call *gc = c->gc;
 	struct sendmsg *sm;
 
-	if (c->gc)
-		grpc_call_unref(c->gc);
 	while ((sm = c->sq_head)) {
 		c->sq_head = sm->next;
 		grpc_byte_buffer_destroy(sm->bb);
@@ -591,8 +589,12 @@ static void call_free(struct cdp_rpc_call *c)
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cond);
 	if (c->accepted)
-		atomic_fetch_sub(&srv->live_calls, 1);
+		atomic_fetch_sub(&c->srv->live_calls, 1);
 	free(c);
+	/* Last: with the last call gone the server's shutdown can complete, and
+	 * the server be freed, so nothing here may touch it afterwards. */
+	if (gc)
+		grpc_call_unref(gc);
 }
 
 void cdp_rpc_call_ref(struct cdp_rpc_call *c)
@@ -1171,8 +1173,8 @@ static void *cq_main(void *arg)
 	pthread_mutex_unlock(&srv->mu);
 	for (;;) {
 		/* Ends when stop() shuts the queue down (after the server's shutdown). */
-		grpc_event ev = grpc_completion_queue_next(srv->cq,
-							   gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+		gpr_timespec forever = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+		grpc_event ev = grpc_completion_queue_next(srv->cq, forever, NULL);
 		struct tag *t;
 
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
@@ -1226,8 +1228,8 @@ static int shutdown_unstarted(struct cdp_rpc_server *srv)
 			continue;
 		if (ev.tag == &srv->t_shutdown)
 			grpc_completion_queue_shutdown(srv->cq);
-		else if (((struct tag *)ev.tag)->kind == TAG_NEW)
-			cdp_rpc_call_unref(((struct tag *)ev.tag)->call);	/* request failed */
+		else if (((struct tag *)ev.tag)->kind == TAG_NEW)	/* a request failed */
+			cdp_rpc_call_unref(((struct tag *)ev.tag)->call);
 	}
 }
 
@@ -1292,8 +1294,8 @@ struct cdp_rpc_server *cdp_rpc_server_new(const struct cdp_rpc_server_opts *o,
 		return NULL;
 	}
 	if (ntls != 0 && ntls != 3) {
-		cdp_err_set(err, -EINVAL, "server TLS needs a CA, a certificate and a key (%d of 3 given)",
-			    ntls);
+		cdp_err_set(err, -EINVAL,
+			    "server TLS needs a CA, a certificate and a key (%d of 3 given)", ntls);
 		return NULL;
 	}
 	if (check_max_message(&max, err) < 0)

@@ -398,16 +398,23 @@ struct cdp_rpc_stream *cdp_rpc_stream_open_request(struct cdp_rpc_channel *ch,
 						   struct cdp_err *err);
 
 /*
- * Sends one message (copied) and waits up to @timeout_ns for gRPC's flow
- * control to accept it. Returns 0; -ETIMEDOUT: the message is still queued
- * and will go out (do not send it again; the next send waits for it first) —
- * usually a stalled peer; -ECANCELED when the call is over (see status);
- * -EINVAL after close_send. Sending thread only.
+ * Queues one message (copied) after waiting up to @timeout_ns for gRPC's flow
+ * control to take the previous one: at most one message per stream is in
+ * gRPC's hands, which is the backpressure. Returns 0 once queued (it goes out
+ * unless the call dies; the next send or the status tells); -ETIMEDOUT when
+ * the previous message is still waiting (a stalled or paused peer): this one
+ * was NOT queued, send it again later; -ECANCELED when the call is over (see
+ * status); -EINVAL after close_send; -EMSGSIZE over max_message. Sending
+ * thread only.
  */
 int cdp_rpc_stream_send(struct cdp_rpc_stream *s, const void *msg, size_t len,
 			int64_t timeout_ns, struct cdp_err *err);
 
-/* Half-closes: tells the server no more messages come. Sending thread only. */
+/*
+ * Half-closes: tells the server no more messages come (after the previous
+ * message, waited for as in send: -ETIMEDOUT means not closed yet, call
+ * again). Sending thread only.
+ */
 int cdp_rpc_stream_close_send(struct cdp_rpc_stream *s, int64_t timeout_ns, struct cdp_err *err);
 
 /*

@@ -92,7 +92,7 @@ grep -q '^acked ' "$T/send2.out" || die "db02 got no final ack"
 kill -0 "$(cat "$T/jd.pid")" || die "journald died on bad input"
 
 # 3. kill -9 mid-ingest: nothing acknowledged is lost; the agent resends the rest.
-"$CLIENT" "unix:$SOCK" db01 agent-db01 send 400 >"$T/send3.out" 2>&1 &
+"$CLIENT" "unix:$SOCK" db01 agent-db01 send 3000 >"$T/send3.out" 2>&1 &
 agent=$!
 wait_for 30 grep -q '^ack ' "$T/send3.out" || die "no ack before the kill"
 kill -9 "$(cat "$T/jd.pid")"
@@ -103,7 +103,7 @@ start_jd
 durable=$(ctl --json status db01 | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["durable_seq"])')
 [ "$durable" -ge "$maxack" ] || die "acknowledged seq $maxack lost: journal holds $durable"
 mkdir -p "$T/model3" "$T/restore3"
-"$CLIENT" "unix:$SOCK" db01 agent-db01 send 400 "$T/model3" >"$T/send4.out" ||
+"$CLIENT" "unix:$SOCK" db01 agent-db01 send 3000 "$T/model3" >"$T/send4.out" 2>&1 ||
 	die "resend after restart: $(tail -n 3 "$T/send4.out")"
 acked=$(sed -n 's/^acked //p' "$T/send4.out")
 ctl restore db01 --at "seq:$acked" -o "$T/restore3" >/dev/null || die "restore after restart"
@@ -118,10 +118,10 @@ P=$T/pki
 start_jd --set tls.ca="$P/ca.crt" --set tls.cert="$P/server.crt" --set tls.key="$P/server.key"
 tls() { echo --tls-ca "$P/ca.crt" --tls-cert "$P/$1.crt" --tls-key "$P/$1.key"; }
 # shellcheck disable=SC2046
-"$CLIENT" $(tls agent-db01) "127.0.0.1:$PORT" db01 agent-db01 send 420 >"$T/send5.out" ||
+"$CLIENT" $(tls agent-db01) "127.0.0.1:$PORT" db01 agent-db01 send 3020 >"$T/send5.out" ||
 	die "TLS send: $(tail -n 3 "$T/send5.out")"
 # shellcheck disable=SC2046
-out=$("$CLIENT" $(tls agent-db02) "127.0.0.1:$PORT" db01 agent-db01 send 421 2>&1) &&
+out=$("$CLIENT" $(tls agent-db02) "127.0.0.1:$PORT" db01 agent-db01 send 3021 2>&1) &&
 	die "db02's certificate streamed for db01"
 case "$out" in *PERMISSION_DENIED*) ;; *) die "wrong certificate: $out" ;; esac
 # shellcheck disable=SC2046

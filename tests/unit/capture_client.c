@@ -21,6 +21,7 @@
 
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 
 #include "cdp/v1/capture.pb-c.h"
 #include "proto/rpc.h"
@@ -141,6 +142,45 @@ static void write_images(struct jt_writer *w, const char *dir)
 	}
 }
 
+/* The ack reader (send mode): every ack, in order, up to the last seq sent. */
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t g_last, g_acked, g_durable;
+static bool g_have_last;
+static volatile bool g_ended;
+
+static void *read_acks(void *arg)
+{
+	uint64_t acked = g_durable;
+
+	for (;;) {
+		Cdp__V1__CaptureDown *d;
+		bool done;
+
+		pthread_mutex_lock(&g_mu);
+		done = g_have_last && acked >= g_last;
+		pthread_mutex_unlock(&g_mu);
+		if (done)
+			break;
+		d = recv_down();
+		if (!d) {
+			g_ended = true;	/* the server ended the stream */
+			break;
+		}
+		if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_ACK) {
+			if (d->ack->durable_seq < acked)
+				die("acks went backwards", NULL);
+			acked = d->ack->durable_seq;
+			printf("ack %" PRIu64 "\n", acked);	/* a crash test keeps the highest */
+			fflush(stdout);
+		}
+		cdp__v1__capture_down__free_unpacked(d, NULL);
+	}
+	pthread_mutex_lock(&g_mu);
+	g_acked = acked;
+	pthread_mutex_unlock(&g_mu);
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option lopts[] = {
@@ -156,6 +196,7 @@ int main(int argc, char **argv)
 	const char *plan, *agent, *mode;
 	uint64_t n = 0, durable = 0, i = 0, last = 0, acked = 0;
 	Cdp__V1__CaptureDown *d;
+	pthread_t reader;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
@@ -272,25 +313,24 @@ int main(int argc, char **argv)
 	}
 	if (w.next_seq - 1 != durable)
 		die("welcome: durable seq is not a segment boundary of this writer", NULL);
+	/* Acks are read on a thread of their own while segments go out. */
+	g_durable = durable;
+	if (pthread_create(&reader, NULL, read_acks, NULL))
+		die("pthread_create", NULL);
 	while (i < n) {
 		jt_gen(&w, ++i, true);
 		last = jt_seal(&w, true);
 		send_segment(&w.seg);
+		if (g_ended)
+			break;
 	}
-	if (!last)
-		last = durable;
-	/* Every ack, in order, up to the last seq. */
-	while (acked < last && (d = recv_down())) {
-		if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_ACK) {
-			if (d->ack->durable_seq < acked)
-				die("acks went backwards", NULL);
-			acked = d->ack->durable_seq;
-			printf("ack %" PRIu64 "\n", acked);	/* a crash test keeps the highest */
-			fflush(stdout);
-		}
-		cdp__v1__capture_down__free_unpacked(d, NULL);
-	}
-	if (acked < last) {
+	pthread_mutex_lock(&g_mu);
+	g_last = last ? last : durable;
+	g_have_last = true;
+	pthread_mutex_unlock(&g_mu);
+	pthread_join(reader, NULL);
+	acked = g_acked;
+	if (acked < (last ? last : durable)) {
 		finish_status();
 		die("stream ended before every ack", NULL);
 	}

@@ -19,8 +19,10 @@
 #include <inttypes.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -301,9 +303,15 @@ static void bidi_open(struct cdp_rpc_call *call, void *arg)
 static void bidi_message(struct cdp_rpc_call *call, const uint8_t *msg, size_t len, void *arg)
 {
 	int rc = cdp_rpc_call_send(call, msg, len);
+	size_t bytes, msgs;
 
 	/* The call may end (client gone, stop) while we echo. */
 	assert_true(rc == 0 || rc == -ECANCELED);
+	/* Sends complete on this (cq) thread, so ours is still counted. */
+	cdp_rpc_call_send_queued(call, &bytes, &msgs);
+	if (rc == 0)
+		assert_true(msgs >= 1 && bytes >= len);
+	assert_int_equal(cdp_rpc_call_wait_send_below(call, 0, 0), -EDEADLK);
 }
 
 static void bidi_half_close(struct cdp_rpc_call *call, void *arg)
@@ -872,6 +880,45 @@ static void test_client_cancel_mid_stream_ends_server_call(void **state)
 	cdp_buf_release(&msg);
 }
 
+/*
+ * test_rpc --die-mid-stream TARGET: the child of the test below. Opens a bidi
+ * stream, sees one echo, then exits without closing anything, as a crashed
+ * agent would.
+ */
+static int die_mid_stream(const char *target)
+{
+	struct cdp_rpc_channel_opts o = { .target = target };
+	struct cdp_buf msg = CDP_BUF_INIT;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_rpc_channel *ch = cdp_rpc_channel_new(&o, &err);
+	struct cdp_rpc_stream *s = ch ? cdp_rpc_stream_open(ch, M_BIDI, CALL_TIMEOUT, &err) : NULL;
+
+	if (!s || cdp_rpc_stream_send(s, "bye", 3, CALL_TIMEOUT, &err) < 0 ||
+	    cdp_rpc_stream_recv(s, &msg, CALL_TIMEOUT, &err) != 1) {
+		fprintf(stderr, "die-mid-stream: %s\n", err.msg);
+		_exit(1);
+	}
+	_exit(0);
+}
+
+static void test_client_process_death_ends_server_call(void **state)
+{
+	struct env *e = *state;
+	char *argv[] = { "test_rpc", "--die-mid-stream", e->tcp_target, NULL };
+	extern char **environ;
+	int status;
+	pid_t pid;
+
+	assert_int_equal(posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ), 0);
+	/* The child is bounded by its own call timeouts. */
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	WAIT_FOR(&e->st, e->st.done == 1);
+	assert_int_equal(st_get(&e->st, &e->st.done_cancelled), 1);
+	assert_int_equal(st_get(&e->st, &e->st.opened), 1);
+}
+
 static void test_deadlines_and_recv_timeouts(void **state)
 {
 	struct env *e = *state;
@@ -1238,6 +1285,8 @@ int main(int argc, char **argv)
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_client_cancel_mid_stream_ends_server_call,
 						env_setup, env_teardown),
+		cmocka_unit_test_setup_teardown(test_client_process_death_ends_server_call,
+						env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_deadlines_and_recv_timeouts, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_stop_with_open_streams, env_setup,
@@ -1262,6 +1311,8 @@ int main(int argc, char **argv)
 		cmocka_set_test_filter(getenv("CDP_TEST_FILTER"));
 	/* One gRPC reference for the whole run: no setup/teardown per test. */
 	cdp_rpc_init();
+	if (argc > 2 && strcmp(argv[1], "--die-mid-stream") == 0)
+		return die_mid_stream(argv[2]);
 	if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
 		if (argc > 2)
 			bench_mib = (unsigned)strtoul(argv[2], NULL, 10);

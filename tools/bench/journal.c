@@ -1344,5 +1344,13 @@ int main(int argc, char **argv)
 	cdp_journal_close(pj);
 	close(g_peer_fd);
 	report();
+	free(inc.a.base);
+	free(txt.a.base);
+	free(rs.a.base);
+	free(rs.segs);
+	for (unsigned p = 0; p < MAX_PLANS; p++) {
+		free(inc.segs[p]);
+		free(txt.segs[p]);
+	}
 	return 0;
 }
