@@ -554,13 +554,14 @@ struct cdp_rpc_server {
 	pthread_t thread;
 
 	pthread_mutex_t mu;
-	pthread_cond_t cond;	/* thread_done changed */
+	pthread_cond_t cond;	/* drained changed */
 	/* guarded by mu */
 	bool started;
+	bool has_thread;	/* the cq thread runs (else stop() drains inline) */
 	bool stopping;
-	bool thread_done;
+	bool drained;		/* the cq reached GRPC_QUEUE_SHUTDOWN */
 	bool joined;
-	bool shut_down;		/* shutdown notified and the cq drained */
+	bool shut_down;		/* stop() has completed */
 	pthread_t cq_tid;
 	bool cq_tid_set;
 };
@@ -932,6 +933,8 @@ static void recv_done(struct cdp_rpc_call *c, bool ok)
 
 	c->recv_bb = NULL;
 	if (!ok || !bb) {
+		if (bb)
+			grpc_byte_buffer_destroy(bb);
 		pthread_mutex_lock(&c->mu);
 		c->recv_busy = false;
 		if (ok)
@@ -1099,12 +1102,10 @@ static void call_new(struct cdp_rpc_call *c, bool ok)
 	c->accepted = true;
 	atomic_fetch_add(&srv->live_calls, 1);
 	if (m->kind == KIND_GENERIC) {
-		c->method_name = grpc_slice_to_c_string(c->details.method);
-		/* gpr_malloc'ed: move it into plain malloc for call_free(). */
-		char *copy = cdp_xstrdup(c->method_name);
+		char *name = grpc_slice_to_c_string(c->details.method);
 
-		gpr_free(c->method_name);
-		c->method_name = copy;
+		c->method_name = cdp_xstrdup(name);	/* call_free() uses free() */
+		gpr_free(name);
 	}
 	fill_peer(c);
 
@@ -1146,12 +1147,15 @@ static void call_new(struct cdp_rpc_call *c, bool ok)
 		recv_next(c);
 		return;
 	}
-	/* Unary and server streaming: the request came with the call. */
+	/* Unary and server streaming: the request came with the call. Without
+	 * one the handler never hears of the call (no on_done either). */
 	if (!c->payload) {
+		c->silent = true;
 		cdp_rpc_call_finish(c, CDP_RPC_INVALID_ARGUMENT, "no request message");
 		return;
 	}
 	if (bb_flatten(c->payload, &f) < 0) {
+		c->silent = true;
 		cdp_rpc_call_finish(c, CDP_RPC_INTERNAL, "unreadable request buffer");
 		return;
 	}
@@ -1202,7 +1206,7 @@ static void *cq_main(void *arg)
 		}
 	}
 	pthread_mutex_lock(&srv->mu);
-	srv->thread_done = true;
+	srv->drained = true;
 	pthread_cond_broadcast(&srv->cond);
 	pthread_mutex_unlock(&srv->mu);
 	return NULL;
@@ -1210,14 +1214,15 @@ static void *cq_main(void *arg)
 
 /* ---- lifecycle ---- */
 
-/* Server never started (or failed in new()): shut down and drain here. */
-static int shutdown_unstarted(struct cdp_rpc_server *srv)
+/*
+ * No cq thread (the server never started, or its thread failed to start):
+ * after the shutdown was requested, drains the queue in the calling thread.
+ */
+static int drain_inline(struct cdp_rpc_server *srv)
 {
 	gpr_timespec until = deadline_in(CDP_RPC_STOP_TIMEOUT_NS);
 	grpc_event ev;
 
-	grpc_server_shutdown_and_notify(srv->gs, srv->cq, &srv->t_shutdown);
-	grpc_server_cancel_all_calls(srv->gs);
 	for (;;) {
 		ev = grpc_completion_queue_next(srv->cq, until, NULL);
 		if (ev.type == GRPC_QUEUE_TIMEOUT)
@@ -1361,7 +1366,8 @@ struct cdp_rpc_server *cdp_rpc_server_new(const struct cdp_rpc_server_opts *o,
 fail:
 	if (creds)
 		grpc_server_credentials_release(creds);
-	if (shutdown_unstarted(srv) < 0) {
+	grpc_server_shutdown_and_notify(srv->gs, srv->cq, &srv->t_shutdown);
+	if (drain_inline(srv) < 0) {
 		cdp_log_err("rpc: server teardown after a failed listen timed out; leaking it");
 		return NULL;
 	}
@@ -1449,12 +1455,14 @@ int cdp_rpc_server_start(struct cdp_rpc_server *srv, struct cdp_err *err)
 	for (m = srv->methods; m; m = m->next)
 		request_call(m);
 	request_call(&srv->generic);
+	pthread_mutex_lock(&srv->mu);
+	srv->has_thread = true;
+	pthread_mutex_unlock(&srv->mu);
 	rc = cdp_thread_start(&srv->thread, "cq", cq_main, srv);
 	if (rc < 0) {
 		/* Without the thread nobody drains the queue: stop() does it inline. */
 		pthread_mutex_lock(&srv->mu);
-		srv->thread_done = true;
-		srv->joined = true;
+		srv->has_thread = false;
 		pthread_mutex_unlock(&srv->mu);
 		return cdp_err_sys(err, rc, "server on %s: start the cq thread", srv->listen[0]);
 	}
@@ -1463,8 +1471,8 @@ int cdp_rpc_server_start(struct cdp_rpc_server *srv, struct cdp_err *err)
 
 int cdp_rpc_server_stop(struct cdp_rpc_server *srv)
 {
-	struct timespec until;
-	bool first, inline_drain, join = false;
+	struct timespec until = abs_in(CDP_RPC_STOP_TIMEOUT_NS);
+	bool first, has_thread, join = false;
 	int rc = 0;
 
 	if (on_cq_thread(srv))
@@ -1476,34 +1484,30 @@ int cdp_rpc_server_stop(struct cdp_rpc_server *srv)
 	}
 	first = !srv->stopping;
 	srv->stopping = true;
-	/* Not started, or the thread never ran: drain in this thread. */
-	inline_drain = !srv->started || (srv->thread_done && srv->joined);
+	has_thread = srv->has_thread;
 	pthread_mutex_unlock(&srv->mu);
 
-	if (inline_drain) {
-		if (!first)
-			return -EALREADY;	/* a concurrent stop() is draining */
-		rc = shutdown_unstarted(srv);
-		pthread_mutex_lock(&srv->mu);
-		srv->shut_down = rc == 0;
-		pthread_mutex_unlock(&srv->mu);
-		return rc;
-	}
 	if (first) {
-		/* Stop accepting (pending requests fail), then cancel every call. */
+		/* Stop accepting (pending requests fail), then cancel every call:
+		 * each one's t_close completes, on_done runs, the glue lets go. */
 		grpc_server_shutdown_and_notify(srv->gs, srv->cq, &srv->t_shutdown);
 		grpc_server_cancel_all_calls(srv->gs);
-	}
-	until = abs_in(CDP_RPC_STOP_TIMEOUT_NS);
-	pthread_mutex_lock(&srv->mu);
-	while (!srv->thread_done) {
-		if (pthread_cond_timedwait(&srv->cond, &srv->mu, &until) == ETIMEDOUT &&
-		    !srv->thread_done) {
-			rc = -ETIMEDOUT;
-			break;
+		if (!has_thread) {
+			rc = drain_inline(srv);
+			pthread_mutex_lock(&srv->mu);
+			srv->drained = rc == 0;
+			pthread_cond_broadcast(&srv->cond);
+			pthread_mutex_unlock(&srv->mu);
 		}
 	}
-	if (srv->thread_done && !srv->joined) {
+	/* The cq thread shuts the queue down once the server's shutdown is
+	 * notified (every call freed), drains it and exits. */
+	pthread_mutex_lock(&srv->mu);
+	while (!srv->drained && rc == 0)
+		if (pthread_cond_timedwait(&srv->cond, &srv->mu, &until) == ETIMEDOUT &&
+		    !srv->drained)
+			rc = -ETIMEDOUT;
+	if (srv->drained && has_thread && !srv->joined) {
 		srv->joined = true;
 		join = true;
 	}

@@ -30,8 +30,9 @@
  *                     receive the same way, and on_done follows with
  *                     @cancelled); the handler sends and finishes whenever it
  *                     likes.
- *   Every kind:       on_done(call, code, cancelled) exactly once, last, after
- *                     the status went out or the call died (client cancel or
+ *   Every kind:       on_done(call, code, cancelled) exactly once per call
+ *                     that on_request/on_open saw, last, after the status
+ *                     went out or the call died (client cancel or
  *                     disconnect, deadline, server stop). After on_done returns
  *                     the glue drops its reference; a handler that keeps the
  *                     pointer for later must hold a reference of its own.
@@ -205,7 +206,10 @@ struct cdp_rpc_handlers {
 
 struct cdp_rpc_server_opts {
 	/* Addresses to listen on (borrowed): "unix:/path" or "HOST:PORT"; port 0
-	 * picks a free port (see cdp_rpc_server_port()). At least one. */
+	 * picks a free port (see cdp_rpc_server_port()). At least one. A TCP
+	 * port in use is an error (no SO_REUSEPORT sharing); an existing unix
+	 * socket file is replaced (gRPC unlinks it: keep one daemon per path
+	 * with a pid-file lock) and removed again at stop. */
 	const char *const *listen;
 	size_t n_listen;
 	/* Largest message received or sent, bytes; 0: CDP_RPC_DEFAULT_MAX_MESSAGE. */
@@ -255,8 +259,9 @@ int cdp_rpc_server_start(struct cdp_rpc_server *srv, struct cdp_err *err);
 int cdp_rpc_server_stop(struct cdp_rpc_server *srv);
 
 /*
- * Stops @srv if needed, then frees it (NULL: nothing). If the stop timed out,
- * logs it and leaks the server rather than free memory gRPC still uses.
+ * Stops @srv if needed, then frees it (NULL: nothing). No other thread may be
+ * in cdp_rpc_server_stop() then. If the stop timed out, logs it and leaks the
+ * server rather than free memory gRPC still uses.
  */
 void cdp_rpc_server_free(struct cdp_rpc_server *srv);
 

@@ -6,7 +6,8 @@
 # status while a well-behaved stream on another plan keeps working; kill -9
 # of the daemon mid-ingest loses nothing acknowledged and the agent resends
 # only what the welcome says is missing; with mutual TLS the certificate's
-# identity must match the plan's agent and Control needs the admin one.
+# identity must match the plan's agent and Control needs the admin one; and
+# Debian's python3-grpcio, with protoc's messages, lists plans and status.
 source "$(dirname "$0")/lib.sh"
 requires openssl cmp
 
@@ -67,6 +68,14 @@ npoints=$(ctl --json points db01 | /usr/bin/python3 -c 'import json,sys; p=json.
 bad=$(ctl --json points db01 | /usr/bin/python3 -c 'import json,sys; print(next(x["seq"] for x in json.load(sys.stdin) if not x["consistent"]))')
 out=$(ctl restore db01 --at "seq:$bad" -o "$T/restore-bad" 2>&1) && die "restored an inconsistent point"
 case "$out" in *inconsistent*"nearest consistent"*) ;; *) die "inconsistent restore: $out" ;; esac
+
+# The wire contract is standard gRPC: an independent Python client reads it.
+requires protoc
+mkdir -p "$T/py"
+protoc -I"$CDP_SRC/proto" --python_out="$T/py" "$CDP_SRC"/proto/cdp/v1/*.proto ||
+	die "protoc --python_out"
+/usr/bin/python3 "$CDP_SRC/tests/integration/grpc_interop.py" "$T/py" "127.0.0.1:$PORT" db01 ||
+	die "the python gRPC client failed"
 
 # 2. Bad input, each refused with its status, while db02 streams in parallel.
 "$CLIENT" "unix:$SOCK" db02 agent-db02 send 60 >"$T/send2.out" 2>&1 &

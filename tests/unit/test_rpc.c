@@ -106,6 +106,7 @@ struct srv_state {
 	uint64_t sink_bytes;
 	bool pause_on_open;
 	struct cdp_rpc_call *held;	/* a call the test holds a reference to */
+	struct cdp_rpc_server *srv;	/* set before the server starts */
 	int send_rc;		/* what the "big" reply got */
 	pthread_t workers[8];
 	int n_workers;
@@ -236,6 +237,8 @@ static void who_request(struct cdp_rpc_call *call, const uint8_t *msg, size_t le
 	pthread_mutex_unlock(&st->mu);
 	assert_int_equal(n >= 0, cdp_rpc_call_authenticated(call));
 	assert_string_equal(cdp_rpc_call_method(call), M_WHO);
+	/* A handler cannot stop the server it runs in: that would wait for itself. */
+	assert_int_equal(cdp_rpc_server_stop(st->srv), -EDEADLK);
 	snprintf(out, sizeof(out), "%s %d %s", n >= 0 ? id : "-", cdp_rpc_call_authenticated(call),
 		 cdp_rpc_call_peer(call));
 	cdp_rpc_call_reply(call, out, strlen(out));
@@ -487,6 +490,7 @@ static struct env *env_new(bool tls)
 	snprintf(e->tcp_target, sizeof(e->tcp_target), "127.0.0.1:%d",
 		 cdp_rpc_server_port(e->srv, 1));
 	snprintf(e->unix_target, sizeof(e->unix_target), "%s", e->sock_addr);
+	e->st.srv = e->srv;
 	add_methods(e);
 	assert_int_equal(cdp_rpc_server_start(e->srv, &err), 0);
 	assert_err(&err, cdp_rpc_server_start(e->srv, &err), -EINVAL, "already started");
