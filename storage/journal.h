@@ -352,7 +352,8 @@ void cdp_journal_commit_stats(struct cdp_journal *j, uint64_t *steps, uint64_t *
 /*
  * Verifies every stored segment of the plan (CRCs, decompression, records and
  * the chain from the horizon). Returns 0 when all is well; -EBADMSG naming the
- * first bad segment by plan and seq (and *bad_seq set).
+ * first bad segment by plan and seq (and *bad_seq set). Each bad segment is
+ * also reported through on_event and marked as damage, as the verifier does.
  */
 int cdp_journal_scrub(struct cdp_journal *j, uint64_t plan_id, uint64_t *bad_seq,
 		      struct cdp_err *err);

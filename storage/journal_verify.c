@@ -11,8 +11,9 @@
  * goes on past it from the digest its index entry (and header) claims, so
  * one bad segment does not hide a second.
  *
- * Scrub does the same for everything above the horizon, from scratch, and
- * names the first bad segment.
+ * Scrub does the same for everything above the horizon, from scratch (a
+ * bad segment is reported and marked as damage the same way), and names the
+ * first bad segment.
  */
 #include "storage/journal_int.h"
 
@@ -131,7 +132,8 @@ static int verify_cb(void *arg, const struct jseg *s)
 			v->bad_seq = s->first_seq ? s->first_seq : 1;
 			v->bad_err = err;
 		}
-		if (!v->scrub) {
+		{
+			/* Verifier or scrub: the damage is reported and acted on. */
 			ev.kind = CDP_JOURNAL_EV_CORRUPT;
 			ev.plan_id = s->plan_id;
 			ev.first_seq = s->first_seq;

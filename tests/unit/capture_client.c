@@ -10,6 +10,9 @@
  *   writer up to it); send segments 1..N; wait for every ack; close; write
  *   the volumes as of segment N's point to OUTDIR/vol0.img, vol1.img.
  *   Prints "acked SEQ".
+ * MODE resync: after the stored stream, one raw segment writing 4 KiB at
+ *   volume 1 offset 8192; its bytes to OUTDIR/last.seg; prints "acked SEQ",
+ *   then waits for a Resync command and prints "resync VOL:OFF:LEN" lines.
  * Bad-input modes (each prints "status CODE: message" and exits 0 when the
  * server ended the stream with an error, 3 when it did not): unknown-plan,
  * wrong-agent, bad-epoch, bad-volumes, no-hello, gap, corrupt, oversize,
@@ -223,7 +226,7 @@ int main(int argc, char **argv)
 		die("open", &err);
 	jt_init(&w, 0, 0);
 
-	if (strcmp(mode, "send")) {
+	if (strcmp(mode, "send") && strcmp(mode, "resync")) {
 		/* Bad input: the server must end the stream with an error. */
 		int code;
 
@@ -293,6 +296,65 @@ int main(int argc, char **argv)
 		jt_release(&w);
 		cdp_buf_release(&in);
 		return code == CDP_RPC_OK ? 3 : 0;
+	}
+
+	if (!strcmp(mode, "resync")) {
+		/*
+		 * One raw segment with a single write, acknowledged; its bytes go to
+		 * OUTDIR/last.seg so the test can damage them on disk; then wait for
+		 * the resync command the verifier's finding must bring.
+		 */
+		hello(plan, agent, 0, false);
+		d = recv_down();
+		if (!d || d->msg_case != CDP__V1__CAPTURE_DOWN__MSG_WELCOME)
+			die("hello refused", NULL);
+		durable = d->welcome->durable_seq;
+		w.plan = d->welcome->plan_id;
+		cdp__v1__capture_down__free_unpacked(d, NULL);
+		cdp_seg_enc_free(w.enc);
+		w.enc = cdp_seg_enc_new(w.plan, 0, 1, cdp_digest_zero);
+		while (w.next_seq - 1 < durable) {
+			jt_gen(&w, ++i, true);
+			jt_seal(&w, true);
+		}
+		w.comp_level = 0;
+		jt_write(&w, 1, 8192, 4096);
+		last = jt_seal(&w, true);
+		send_segment(&w.seg);
+		if (argc - optind > 5) {
+			char path[4096];
+			FILE *f;
+
+			snprintf(path, sizeof(path), "%s/last.seg", argv[optind + 5]);
+			f = fopen(path, "wb");
+			if (!f || fwrite(w.seg.data, 1, w.seg.len, f) != w.seg.len || fclose(f))
+				die("write last.seg", NULL);
+		}
+		while ((d = recv_down())) {
+			if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_ACK && d->ack->durable_seq >= last) {
+				printf("acked %" PRIu64 "\n", d->ack->durable_seq);
+				fflush(stdout);
+			}
+			if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_COMMAND &&
+			    d->command->cmd_case == CDP__V1__COMMAND__CMD_RESYNC) {
+				for (size_t k = 0; k < d->command->resync->n_ranges; k++) {
+					const Cdp__V1__Range *r = d->command->resync->ranges[k];
+
+					printf("resync %u:%" PRIu64 ":%" PRIu64 "\n", r->volume, r->offset,
+					       r->length);
+				}
+				fflush(stdout);
+				cdp__v1__capture_down__free_unpacked(d, NULL);
+				break;
+			}
+			cdp__v1__capture_down__free_unpacked(d, NULL);
+		}
+		cdp_rpc_stream_cancel(st);
+		cdp_rpc_stream_free(st);
+		cdp_rpc_channel_free(ch);
+		jt_release(&w);
+		cdp_buf_release(&in);
+		return 0;
 	}
 
 	hello(plan, agent, 0, false);
