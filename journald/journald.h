@@ -94,6 +94,9 @@ int jd_agent_command(struct jd *d, uint64_t plan_id, const Cdp__V1__Command *cmd
 		     struct cdp_err *err);
 void jd_on_journal_event(void *arg, const struct cdp_journal_event *ev);
 
+/* replay.c: Standby.Stream */
+int jd_replay_start(struct jd *d, struct cdp_err *err);
+
 /* control.c */
 int jd_control_start(struct jd *d, struct cdp_err *err);
 void jd_control_stop(struct jd *d);

@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
@@ -179,6 +181,20 @@ int main(int argc, char **argv)
 	}
 
 	mkdir(d->cfg.state_dir, 0750);
+	{
+		/* One daemon per state directory (gRPC would also take over its socket). */
+		char lock[4096];
+		int lfd;
+
+		snprintf(lock, sizeof(lock), "%s/journald.lock", d->cfg.state_dir);
+		lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+		if (lfd < 0 || flock(lfd, LOCK_EX | LOCK_NB)) {
+			cdp_log_err("%s: %s", lock, errno == EWOULDBLOCK ?
+				    "another cdp-journald uses this state directory" : strerror(errno));
+			return 1;
+		}
+		/* Held (open) until the process ends. */
+	}
 	jo.extent_max_bytes = d->cfg.extent_size;
 	jo.spare_extents = (unsigned)d->cfg.spare_extents;
 	jo.retain_interval_ns = d->cfg.retain_interval;
@@ -215,7 +231,7 @@ int main(int argc, char **argv)
 		free(listen_copy);
 		goto out_plans;
 	}
-	if (jd_ingest_start(d, &err) || jd_control_start(d, &err) ||
+	if (jd_ingest_start(d, &err) || jd_replay_start(d, &err) || jd_control_start(d, &err) ||
 	    cdp_rpc_server_start(d->srv, &err)) {
 		cdp_log_err("%s", err.msg);
 		goto out_server;

@@ -102,7 +102,9 @@ int jd_plan_check(const Cdp__V1__Plan *pb, struct cdp_err *err)
 static void fill_defaults(Cdp__V1__Plan *pb)
 {
 	if (!pb->kind[0]) {
-		free(pb->kind);
+		/* An absent string is protobuf-c's static empty string: never free it. */
+		if (pb->kind != protobuf_c_empty_string)
+			free(pb->kind);
 		pb->kind = cdp_xstrdup("protection");
 	}
 	if (!pb->point_interval_ns)

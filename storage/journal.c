@@ -1421,7 +1421,8 @@ static void step_accept(struct cdp_journal *j, struct step *s, struct cdp_journa
 		char why[CDP_ERR_MSG_MAX] = "";
 		uint64_t freeable = foldable_bytes(j, p, horizon, why, sizeof(why));
 
-		if (bytes + sp->bytes + a->len - CDP_MIN(freeable, bytes) > cap) {
+		/* Only a pin makes the journal full; otherwise folding makes room. */
+		if (why[0] && bytes + sp->bytes + a->len - CDP_MIN(freeable, bytes) > cap) {
 			cdp_err_set(&a->err, -ENOSPC, "journal full for plan %s: %s", p->conf.name,
 				    why);
 			append_fail(a, -ENOSPC);

@@ -274,6 +274,9 @@ int cdp_journal_fold_to(struct cdp_journal *j, uint64_t plan_id, uint64_t seq,
 		return -ENOENT;
 	pthread_mutex_lock(&j->mu);
 	durable = p->st.next_seq - 1;
+	/* A bad segment is never folded into the base: stop before it. */
+	if (p->st.damaged_from)
+		durable = CDP_MIN(durable, p->st.damaged_from - 1);
 	pthread_mutex_unlock(&j->mu);
 	pthread_mutex_lock(&j->fold_mu);
 	rc = fold_locked(j, p, CDP_MIN(seq, durable), true, err);

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, sys.argv[1])
 import grpc  # noqa: E402
-from cdp.v1 import control_pb2  # noqa: E402
+from cdp.v1 import capture_pb2, control_pb2  # noqa: E402
 
 target, plan = sys.argv[2], sys.argv[3]
 ch = grpc.insecure_channel(target)
@@ -41,6 +41,11 @@ try:
 except grpc.RpcError as e:
     assert e.code() == grpc.StatusCode.NOT_FOUND, e
     assert "no-such-plan" in e.details(), e.details()
+# A plan created with every optional field left out gets the defaults.
+made = unary("/cdp.v1.Control/CreatePlan", control_pb2.Plan, control_pb2.Plan)(
+    control_pb2.Plan(name="py01", agent_id="agent-py01",
+                     volumes=[capture_pb2.Volume(name="v", size=1 << 20)]), timeout=10)
+assert made.kind == "protection" and made.point_interval_ns == 10**9, made
 raw = ch.unary_unary("/cdp.v1.Control/GetPlan", request_serializer=lambda b: b,
                      response_deserializer=lambda b: b)
 try:

@@ -74,16 +74,13 @@
 #include "common/util.h"
 #include "storage/journal.h"
 #include "storage/segment.h"
+#include "tools/bench/benchlib.h"
 
-#define MiB (UINT64_C(1) << 20)
-#define MAX_RUNS 64
 #define MAX_PLANS 4
-#define REC_LEN (64u << 10)		/* WRITE payload of the ingest records */
 #define INGEST_VOL (1ull << 30)		/* volume size of the ingest plans */
 #define PLAN_BASE 1			/* ingest plans 1..4 */
 #define PLAN_RESTORE 100
 #define PLAN_POINTS 200
-#define T0 (INT64_C(1700000000) * 1000000000)
 
 struct opts {
 	const char *dir;
@@ -104,25 +101,6 @@ struct opts {
 static char g_base[4096];	/* scratch directory of this run, removed at exit */
 static bool g_keep;
 
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-	if (remove(path))
-		fprintf(stderr, "journal bench: warning: remove %s: %s\n", path, strerror(errno));
-	return 0;
-}
-
-static void rmtree(const char *path)
-{
-	nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static void cleanup(void)
 {
@@ -130,71 +108,9 @@ static void cleanup(void)
 		rmtree(g_base);
 }
 
-static void __attribute__((noreturn, format(printf, 1, 2))) die(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "journal bench: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\n");
-	exit(1);
-}
-
-static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void note(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fflush(stderr);
-}
 
 /* ---- payload sources ----------------------------------------------------- */
 
-struct src {
-	bool text;
-	uint64_t rng;
-	const uint8_t *corpus;
-	size_t corpus_len;
-	size_t pos;
-};
-
-static uint64_t xorshift(uint64_t *s)
-{
-	uint64_t x = *s;
-
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	*s = x;
-	return x * 0x2545F4914F6CDD1Dull;
-}
-
-static void src_fill(struct src *s, uint8_t *p, size_t n)
-{
-	if (!s->text) {
-		for (size_t i = 0; i < n; i += 8) {
-			uint64_t v = xorshift(&s->rng);
-
-			memcpy(p + i, &v, CDP_MIN((size_t)8, n - i));
-		}
-		return;
-	}
-	while (n) {
-		size_t k = CDP_MIN(n, s->corpus_len - s->pos);
-
-		memcpy(p, s->corpus + s->pos, k);
-		p += k;
-		n -= k;
-		s->pos += k;
-		if (s->pos == s->corpus_len)
-			s->pos = 0;
-	}
-}
 
 /* The text corpus: regular text files under /usr/share, up to a cap. */
 static struct cdp_buf g_corpus;
@@ -290,141 +206,6 @@ static void corpus_load(size_t cap)
 
 /* ---- encoding segments ahead of timing ----------------------------------- */
 
-struct seg {
-	const uint8_t *p;
-	size_t len;
-	uint64_t last_seq;
-	uint32_t raw_len;
-};
-
-/* Segments laid back to back in one 4 KiB-aligned allocation (the peer writes from it). */
-struct arena {
-	uint8_t *base;
-	size_t cap, len;
-};
-
-static void arena_init(struct arena *a, size_t cap)
-{
-	a->cap = CDP_ALIGN_UP(cap, (size_t)4096) + 2 * 4096;
-	a->base = cdp_xaligned_alloc(4096, a->cap);
-	a->len = 0;
-}
-
-static void arena_align(struct arena *a)
-{
-	size_t n = CDP_ALIGN_UP(a->len, (size_t)4096);
-
-	memset(a->base + a->len, 0, n - a->len);
-	a->len = n;
-}
-
-struct gen {
-	struct cdp_seg_enc *enc;
-	uint64_t plan;
-	uint64_t next_seq;
-	int64_t t;
-	uint64_t vol_size;
-	uint64_t off;		/* next sequential write offset */
-	int level;
-	struct src src;
-	struct cdp_buf out;
-	uint8_t *scratch;
-	/* the last WRITE, for a spot check of restored images */
-	uint64_t last_off;
-	uint8_t last_head[512];
-};
-
-static void gen_init(struct gen *g, uint64_t plan, uint64_t vol_size, int level,
-		     const struct src *src)
-{
-	memset(g, 0, sizeof(*g));
-	g->plan = plan;
-	g->next_seq = 1;
-	g->t = T0;
-	g->vol_size = vol_size;
-	g->level = level;
-	g->src = *src;
-	g->enc = cdp_seg_enc_new(plan, 1, 1, NULL);
-	g->scratch = cdp_xmalloc(CDP_SEG_MAX_RAW);
-}
-
-static void gen_release(struct gen *g)
-{
-	cdp_seg_enc_free(g->enc);
-	cdp_buf_release(&g->out);
-	free(g->scratch);
-}
-
-static void gen_rec(struct gen *g, uint16_t kind, uint16_t flags, uint64_t off, uint32_t len,
-		    const void *payload)
-{
-	struct cdp_record r = { 0 };
-	struct cdp_err err = CDP_ERR_INIT;
-
-	r.seq = g->next_seq;
-	r.kind = kind;
-	r.flags = flags;
-	r.offset = off;
-	r.length = len;
-	r.time_ns = g->t;
-	r.payload = payload;
-	if (kind == CDP_REC_WRITE) {
-		src_fill(&g->src, g->scratch, len);
-		r.payload = g->scratch;
-		g->last_off = off;
-		memcpy(g->last_head, g->scratch, CDP_MIN((size_t)len, sizeof(g->last_head)));
-	}
-	if (cdp_seg_enc_add(g->enc, &r, CDP_SEG_ENC_COMPUTE_CRC, &err))
-		die("encode seq %" PRIu64 ": %s", r.seq, err.msg);
-	g->next_seq++;
-	g->t += 1000;
-}
-
-/* Largest WRITE payload that still fits the open segment, at most @max; 0 if none. */
-static uint32_t gen_fit(struct gen *g, uint64_t max)
-{
-	size_t room = CDP_SEG_MAX_RAW - cdp_seg_enc_raw_len(g->enc);
-
-	if (room < CDP_REC_HDR_LEN + CDP_SECTOR)
-		return 0;
-	return (uint32_t)CDP_MIN((uint64_t)CDP_ALIGN_DOWN(room - CDP_REC_HDR_LEN,
-							  (size_t)CDP_SECTOR), max);
-}
-
-/* Seals the open segment (a point) into @a and describes it in @s. */
-static void gen_seal(struct gen *g, struct arena *a, struct seg *s)
-{
-	struct cdp_seg_seal_opts o = { 0 };
-	struct cdp_err err = CDP_ERR_INIT;
-
-	s->raw_len = (uint32_t)cdp_seg_enc_raw_len(g->enc);
-	o.flags = CDP_SEG_F_POINT_END;
-	o.compression = g->level ? CDP_COMP_ZSTD : CDP_COMP_NONE;
-	o.level = g->level;
-	cdp_buf_reset(&g->out);
-	if (cdp_seg_enc_seal(g->enc, &o, &g->out, NULL, &err))
-		die("seal: %s", err.msg);
-	if (a->len + g->out.len > a->cap)
-		die("internal: arena too small (%zu + %zu > %zu)", a->len, g->out.len, a->cap);
-	memcpy(a->base + a->len, g->out.data, g->out.len);
-	s->p = a->base + a->len;
-	s->len = g->out.len;
-	s->last_seq = g->next_seq - 1;
-	a->len += g->out.len;
-}
-
-/* One segment of sequential 64 KiB writes, as full as the raw limit allows. */
-static void gen_ingest_seg(struct gen *g, struct arena *a, struct seg *s)
-{
-	uint32_t len;
-
-	while ((len = gen_fit(g, REC_LEN))) {
-		len = (uint32_t)CDP_MIN((uint64_t)len, g->vol_size - g->off);
-		gen_rec(g, CDP_REC_WRITE, 0, g->off, len, NULL);
-		g->off = (g->off + len) % g->vol_size;
-	}
-	gen_seal(g, a, s);
-}
 
 /* An ingest data set: plans 1..4; plan 1 has @n segments, plans 2..4 n/4 each. */
 struct dataset {
@@ -539,209 +320,7 @@ static void restore_build(struct restore_set *rs, uint64_t vol_size, uint64_t ta
 	gen_release(&g);
 }
 
-/* ---- submitting ---------------------------------------------------------- */
 
-struct submitter {
-	struct cdp_journal *j;
-	uint64_t plan;
-	const struct seg *segs;
-	unsigned n;
-	unsigned window;
-	pthread_barrier_t *start;
-	struct cdp_journal_append *a;
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	unsigned inflight;	/* guarded by mu */
-	int rc;			/* guarded by mu: first failure */
-	char msg[CDP_ERR_MSG_MAX];
-	uint64_t acked;		/* guarded by mu: bytes */
-};
-
-static void on_done(struct cdp_journal_append *a)
-{
-	struct submitter *s = a->arg;
-
-	pthread_mutex_lock(&s->mu);
-	if (a->rc && !s->rc) {
-		s->rc = a->rc;
-		snprintf(s->msg, sizeof(s->msg), "%s", a->err.msg);
-	} else if (!a->rc) {
-		s->acked += a->len;
-	}
-	s->inflight--;
-	pthread_cond_signal(&s->cond);
-	pthread_mutex_unlock(&s->mu);
-}
-
-static void *submit_main(void *arg)
-{
-	struct submitter *s = arg;
-
-	if (s->start)
-		pthread_barrier_wait(s->start);
-	for (unsigned i = 0; i < s->n; i++) {
-		struct cdp_journal_append *a = &s->a[i];
-		int rc;
-
-		pthread_mutex_lock(&s->mu);
-		while (s->inflight >= s->window && !s->rc)
-			pthread_cond_wait(&s->cond, &s->mu);
-		if (s->rc) {
-			pthread_mutex_unlock(&s->mu);
-			break;
-		}
-		s->inflight++;
-		pthread_mutex_unlock(&s->mu);
-		memset(a, 0, sizeof(*a));
-		a->plan_id = s->plan;
-		a->seg = s->segs[i].p;
-		a->len = s->segs[i].len;
-		a->done = on_done;
-		a->arg = s;
-		rc = cdp_journal_submit(s->j, a);
-		if (rc) {
-			pthread_mutex_lock(&s->mu);
-			s->inflight--;
-			if (!s->rc) {
-				s->rc = rc;
-				snprintf(s->msg, sizeof(s->msg), "%s", a->err.msg);
-			}
-			pthread_mutex_unlock(&s->mu);
-			break;
-		}
-	}
-	pthread_mutex_lock(&s->mu);
-	while (s->inflight)
-		pthread_cond_wait(&s->cond, &s->mu);
-	pthread_mutex_unlock(&s->mu);
-	return NULL;
-}
-
-/*
- * Appends segs[p][0..n[p]) to plans plan0 + p, one thread per plan, and
- * returns the seconds from the start of the first submit to the last ack.
- */
-static double submit_all(struct cdp_journal *j, const uint64_t *plans,
-			 const struct seg *const *segs, const unsigned *n, unsigned nplans,
-			 unsigned window, uint64_t *acked)
-{
-	struct submitter s[MAX_PLANS];
-	pthread_t t[MAX_PLANS];
-	pthread_barrier_t start;
-	int64_t t0, t1;
-
-	pthread_barrier_init(&start, NULL, nplans + 1);
-	for (unsigned p = 0; p < nplans; p++) {
-		memset(&s[p], 0, sizeof(s[p]));
-		s[p].j = j;
-		s[p].plan = plans[p];
-		s[p].segs = segs[p];
-		s[p].n = n[p];
-		s[p].window = window;
-		s[p].start = &start;
-		s[p].a = cdp_xcalloc(n[p] ? n[p] : 1, sizeof(*s[p].a));
-		pthread_mutex_init(&s[p].mu, NULL);
-		pthread_cond_init(&s[p].cond, NULL);
-		if (cdp_thread_start(&t[p], "submit", submit_main, &s[p]))
-			die("cannot start a submitter thread");
-	}
-	pthread_barrier_wait(&start);
-	t0 = now_ns();
-	for (unsigned p = 0; p < nplans; p++)
-		pthread_join(t[p], NULL);
-	t1 = now_ns();
-	*acked = 0;
-	for (unsigned p = 0; p < nplans; p++) {
-		if (s[p].rc)
-			die("append to plan %" PRIu64 " failed: %s (%d)", plans[p], s[p].msg,
-			    s[p].rc);
-		*acked += s[p].acked;
-		free(s[p].a);
-		pthread_mutex_destroy(&s[p].mu);
-		pthread_cond_destroy(&s[p].cond);
-	}
-	pthread_barrier_destroy(&start);
-	return (double)(t1 - t0) / 1e9;
-}
-
-/* ---- journal set-up ------------------------------------------------------ */
-
-static unsigned count_spares(const char *jdir)
-{
-	char path[4200];
-	struct dirent *e;
-	unsigned n = 0;
-	DIR *d;
-
-	snprintf(path, sizeof(path), "%s/extents/spare", jdir);
-	d = opendir(path);
-	if (!d)
-		return 0;
-	while ((e = readdir(d))) {
-		size_t len = strlen(e->d_name);
-
-		if (len > 4 && !strcmp(e->d_name + len - 4, ".ext"))
-			n++;
-	}
-	closedir(d);
-	return n;
-}
-
-static struct cdp_journal *jopen(const char *jdir, const struct opts *o, unsigned spares,
-				 bool verifier)
-{
-	struct cdp_journal_opts jo = { 0 };
-	struct cdp_err err = CDP_ERR_INIT;
-	struct cdp_journal *j;
-
-	jo.extent_max_bytes = o->extent_mib * MiB;
-	jo.spare_extents = spares;
-	jo.no_verifier = !verifier;
-	j = cdp_journal_open(jdir, &jo, &err);
-	if (!j)
-		die("open journal %s: %s", jdir, err.msg);
-	return j;
-}
-
-/*
- * Opens a journal whose spare pool holds @spares written extent files: a
- * first open lets the prep thread write them (polled, with a deadline), then
- * the journal is reopened without a pool target, so nothing refills it while
- * a measurement runs.
- */
-static struct cdp_journal *jopen_ready(const char *jdir, const struct opts *o, unsigned spares,
-				       bool verifier)
-{
-	if (spares) {
-		struct cdp_journal *j = jopen(jdir, o, spares, false);
-		int64_t deadline = now_ns() + (int64_t)(30 + 5 * spares) * 1000000000;
-		struct timespec poll = { 0, 5 * 1000000 };
-
-		while (count_spares(jdir) < spares) {
-			if (now_ns() > deadline)
-				die("journal %s: %u of %u spare extent files ready after the "
-				    "deadline", jdir, count_spares(jdir), spares);
-			nanosleep(&poll, NULL);
-		}
-		cdp_journal_close(j);
-	}
-	return jopen(jdir, o, 0, verifier);
-}
-
-static void plan_create(struct cdp_journal *j, uint64_t id, uint64_t vol_size)
-{
-	struct cdp_journal_plan p = { 0 };
-	struct cdp_err err = CDP_ERR_INIT;
-
-	p.plan_id = id;
-	snprintf(p.name, sizeof(p.name), "bench%" PRIu64, id);
-	p.epoch = 1;
-	p.nvolumes = 1;
-	p.volume_size[0] = vol_size;
-	snprintf(p.volume_name[0], sizeof(p.volume_name[0]), "vol%" PRIu64, id);
-	if (cdp_journal_plan_create(j, &p, NULL, 0, &err))
-		die("create plan %" PRIu64 ": %s", id, err.msg);
-}
 
 static bool g_can_drop = true;
 
@@ -811,32 +390,6 @@ static void record(int m, double v, double pv)
 	}
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(const double *v, unsigned n)
-{
-	double t[MAX_RUNS];
-
-	if (!n)
-		return 0;
-	memcpy(t, v, n * sizeof(double));
-	qsort(t, n, sizeof(double), cmp_double);
-	return n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
-}
-
-static void minmax(const double *v, unsigned n, double *lo, double *hi)
-{
-	*lo = *hi = n ? v[0] : 0;
-	for (unsigned i = 1; i < n; i++) {
-		*lo = v[i] < *lo ? v[i] : *lo;
-		*hi = v[i] > *hi ? v[i] : *hi;
-	}
-}
 
 static double ratio_median(const struct metric *x, double *lo, double *hi)
 {
@@ -974,7 +527,7 @@ static void ingest_one(const struct opts *o, struct dataset *ds, unsigned nplans
 		spares += (unsigned)((pb * 3 / 2 + ext - 1) / ext);
 	}
 	snprintf(jdir, sizeof(jdir), "%s/ingest-%s-%u-%u", g_base, ds->name, nplans, run);
-	j = jopen_ready(jdir, o, spares, o->verifier);
+	j = jopen_ready(jdir, o->extent_mib * MiB, spares, o->verifier);
 	for (unsigned p = 0; p < nplans; p++)
 		plan_create(j, plans[p], INGEST_VOL);
 	secs = submit_all(j, plans, segs, n, nplans, o->window, &acked);
@@ -1052,7 +605,7 @@ static void restore_one(const struct opts *o, const struct restore_set *rs, unsi
 	snprintf(out, sizeof(out), "%s/out-%u", g_base, run);
 	if (mkdir(out, 0750))
 		die("mkdir %s: %s", out, strerror(errno));
-	j = jopen(jdir, o, 0, false);
+	j = jopen(jdir, o->extent_mib * MiB, 0, false);
 	plan_create(j, plan, rs->vol_size);
 	segs[0] = rs->segs;
 	n = rs->nsync;
@@ -1120,7 +673,7 @@ static struct cdp_journal *points_build(const struct opts *o, int64_t *t_first, 
 	*t_last = g.t;
 	gen_release(&g);
 	snprintf(jdir, sizeof(jdir), "%s/points", g_base);
-	j = jopen(jdir, o, 0, false);
+	j = jopen(jdir, o->extent_mib * MiB, 0, false);
 	plan_create(j, plan, 64 * MiB);
 	submit_all(j, &plan, sp, &o->points, 1, 256, &acked);
 	free(segs);
@@ -1221,6 +774,7 @@ int main(int argc, char **argv)
 	unsigned nsegs;
 	int c;
 
+	bench_prog = "journal bench";
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
 		case 'd':
