@@ -59,7 +59,7 @@ struct jd_item {
 struct jd_append {
 	struct cdp_journal_append a;
 	struct jd_stream *s;
-	uint8_t *data;
+	Cdp__V1__CaptureUp *up;	/* owns the segment bytes the journal borrows */
 };
 
 static unsigned next_worker;	/* cq thread only */
@@ -358,13 +358,15 @@ static void append_done(struct cdp_journal_append *a)
 	s->inflight--;
 	pthread_mutex_unlock(&s->mu);
 	maybe_finish(s);
-	free(ja->data);
+	cdp__v1__capture_up__free_unpacked(ja->up, NULL);
 	free(ja);
 	stream_unref(s);
 }
 
-static void handle_segment(struct jd_stream *s, const Cdp__V1__Segment *sg)
+/* Takes *@upp (the unpacked message) when the segment is submitted. */
+static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
 {
+	const Cdp__V1__Segment *sg = (*upp)->segment;
 	struct jd *d = s->d;
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_seg_expect ex = { 0 };
@@ -417,10 +419,10 @@ static void handle_segment(struct jd_stream *s, const Cdp__V1__Segment *sg)
 
 	ja = cdp_xcalloc(1, sizeof(*ja));
 	ja->s = s;
-	ja->data = cdp_xmalloc(sg->data.len);
-	memcpy(ja->data, sg->data.data, sg->data.len);
+	ja->up = *upp;		/* no copy: the journal reads the unpacked bytes */
+	*upp = NULL;
 	ja->a.plan_id = s->plan_id;
-	ja->a.seg = ja->data;
+	ja->a.seg = sg->data.data;
 	ja->a.len = sg->data.len;
 	ja->a.recv_time_ns = now;
 	if (sg->has_checkpoint && sg->checkpoint) {
@@ -442,7 +444,7 @@ static void handle_segment(struct jd_stream *s, const Cdp__V1__Segment *sg)
 		pthread_mutex_lock(&s->mu);
 		s->inflight--;
 		pthread_mutex_unlock(&s->mu);
-		free(ja->data);
+		cdp__v1__capture_up__free_unpacked(ja->up, NULL);
 		free(ja);
 		stream_fail(s, &e2);
 		stream_unref(s);
@@ -476,8 +478,8 @@ static void handle_item(struct jd_item *it)
 			} else {
 				handle_hello(s, up->hello);
 			}
-		} else if (up->msg_case == CDP__V1__CAPTURE_UP__MSG_SEGMENT) {
-			handle_segment(s, up->segment);
+		} else if (up->msg_case == CDP__V1__CAPTURE_UP__MSG_SEGMENT && up->segment) {
+			handle_segment(s, &up);
 		} else {
 			cdp_err_set(&err, -EINVAL, "CaptureUp: empty message (no hello, no segment)");
 			stream_fail(s, &err);
