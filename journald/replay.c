@@ -107,39 +107,36 @@ static int rs_send(struct rstream *s, const Cdp__V1__StandbyDown *m, struct cdp_
 	return 0;
 }
 
-/* Waits (bounded) until a new segment may be sent; false when the stream ended. */
-static bool wait_window(struct rstream *s)
+/* One bounded wait on the stream's condition (mu held): acks, the end, or REPLAY_POLL. */
+static void nap_locked(struct rstream *s)
 {
 	struct timespec ts;
 
-	pthread_mutex_lock(&s->mu);
-	while (!s->done && s->inflight >= s->window) {
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += REPLAY_POLL;
-		if (ts.tv_nsec >= CDP_NS_PER_SEC) {
-			ts.tv_sec++;
-			ts.tv_nsec -= CDP_NS_PER_SEC;
-		}
-		pthread_cond_timedwait(&s->cond, &s->mu, &ts);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_nsec += REPLAY_POLL;
+	if (ts.tv_nsec >= CDP_NS_PER_SEC) {
+		ts.tv_sec++;
+		ts.tv_nsec -= CDP_NS_PER_SEC;
 	}
+	pthread_cond_timedwait(&s->cond, &s->mu, &ts);
+}
+
+/* Waits until a new segment may be sent; false when the stream ended. */
+static bool wait_window(struct rstream *s)
+{
+	pthread_mutex_lock(&s->mu);
+	while (!s->done && s->inflight >= s->window)
+		nap_locked(s);
 	pthread_mutex_unlock(&s->mu);
 	return !rs_done(s);
 }
 
+/* Caught up: waits a little before looking for new segments. */
 static void idle(struct rstream *s)
 {
-	struct timespec ts;
-
 	pthread_mutex_lock(&s->mu);
-	if (!s->done) {
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += REPLAY_POLL;
-		if (ts.tv_nsec >= CDP_NS_PER_SEC) {
-			ts.tv_sec++;
-			ts.tv_nsec -= CDP_NS_PER_SEC;
-		}
-		pthread_cond_timedwait(&s->cond, &s->mu, &ts);
-	}
+	if (!s->done)
+		nap_locked(s);
 	pthread_mutex_unlock(&s->mu);
 }
 

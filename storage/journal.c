@@ -2087,13 +2087,27 @@ static int load_bytes_cb(void *arg, const struct jseg *s)
 	return 0;
 }
 
+/* Reads the plan's meta record @tag, which must be @want bytes long. */
+static int get_meta(struct cdp_journal *j, struct jplan *p, char tag, size_t want,
+		    const char *what, struct cdp_buf *b, struct cdp_err *err)
+{
+	uint8_t k[16];
+	size_t klen;
+	bool found;
+	int rc;
+
+	jmeta_key(k, &klen, tag, p->conf.plan_id, NULL, 0);
+	rc = jdb_get(j, j->cf_meta, k, klen, b, &found, err);
+	if (!rc && (!found || b->len != want))
+		rc = cdp_err_set(err, -EIO, "plan %s: %s record unreadable (%zu bytes, expected "
+				 "%zu)", p->conf.name, what, found ? b->len : 0, want);
+	return rc;
+}
+
 static int load_plan(struct cdp_journal *j, const uint8_t *v, size_t vlen, struct cdp_err *err)
 {
 	struct cdp_buf b = CDP_BUF_INIT;
 	struct jplan *p = cdp_xcalloc(1, sizeof(*p));
-	uint8_t k[24];
-	size_t klen = 0;
-	bool found;
 	int rc;
 
 	if (plan_decode(v, vlen, &p->conf, NULL)) {
@@ -2101,18 +2115,12 @@ static int load_plan(struct cdp_journal *j, const uint8_t *v, size_t vlen, struc
 		return cdp_err_set(err, -EIO, "plan record of %zu bytes unreadable", vlen);
 	}
 	p->next_fileno = 1;
-	jmeta_key(k, &klen, 'S', p->conf.plan_id, NULL, 0);
-	rc = jdb_get(j, j->cf_meta, k, klen, &b, &found, err);
-	if (!rc && (!found || jstate_decode(b.data, b.len, &p->st)))
+	rc = get_meta(j, p, 'S', JSTATE_VAL_LEN, "state", &b, err);
+	if (!rc && jstate_decode(b.data, b.len, &p->st))
 		rc = cdp_err_set(err, -EIO, "plan %s: state record unreadable", p->conf.name);
 	p->ast = p->st;
-	if (!rc) {
-		jmeta_key(k, &klen, 'H', p->conf.plan_id, NULL, 0);
-		rc = jdb_get(j, j->cf_meta, k, klen, &b, &found, err);
-		if (!rc && (!found || b.len != 64))
-			rc = cdp_err_set(err, -EIO, "plan %s: horizon record unreadable",
-					 p->conf.name);
-	}
+	if (!rc)
+		rc = get_meta(j, p, 'H', 64, "horizon", &b, err);
 	if (rc)
 		goto fail;
 	p->horizon_seq = cdp_get_le64(b.data);
@@ -2122,11 +2130,7 @@ static int load_plan(struct cdp_journal *j, const uint8_t *v, size_t vlen, struc
 	{
 		uint64_t target = cdp_get_le64(b.data + 48);
 
-		jmeta_key(k, &klen, 'V', p->conf.plan_id, NULL, 0);
-		rc = jdb_get(j, j->cf_meta, k, klen, &b, &found, err);
-		if (!rc && (!found || b.len != 56))
-			rc = cdp_err_set(err, -EIO, "plan %s: verified record unreadable",
-					 p->conf.name);
+		rc = get_meta(j, p, 'V', 56, "verified", &b, err);
 		if (rc)
 			goto fail;
 		p->verified_next = cdp_get_le64(b.data);
