@@ -201,12 +201,13 @@ int main(int argc, char **argv)
 	jo.verify_interval_ns = d->cfg.verify_interval;
 	jo.on_event = jd_on_journal_event;
 	jo.event_arg = d;
+	/* Before the journal: its open may already report a bad segment to us. */
+	pthread_mutex_init(&d->mu, NULL);
 	d->j = cdp_journal_open(d->cfg.state_dir, &jo, &err);
 	if (!d->j) {
 		cdp_log_err("journal %s: %s", d->cfg.state_dir, err.msg);
 		return 1;
 	}
-	pthread_mutex_init(&d->mu, NULL);
 	if (jd_plans_load(d, &err)) {
 		cdp_log_err("plans: %s", err.msg);
 		goto out_journal;
