@@ -146,7 +146,7 @@ static void do_status(struct jd *d, struct cdp_rpc_call *call, const Cdp__V1__Pl
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
-		struct jd_plan tmp = { keep[i]->plan_id, keep[i], NULL, 0 };
+		struct jd_plan tmp = { .id = keep[i]->plan_id, .pb = keep[i] };
 		bool conn = sts[i].agent_connected;
 
 		cdp_journal_stats(d->j, keep[i]->plan_id, &js[i], NULL);

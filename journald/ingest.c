@@ -115,6 +115,9 @@ static int send_down(struct jd_stream *s, const Cdp__V1__CaptureDown *m)
 	return cdp_rpc_call_send_take(s->call, buf, len);
 }
 
+static int send_resync(struct jd_stream *s, const struct cdp_journal_range *r, size_t n,
+		       const char *reason);
+
 /* ---- rpc callbacks (cq thread) -------------------------------------------- */
 
 static void on_open(struct cdp_rpc_call *call, void *arg)
@@ -304,6 +307,13 @@ static void handle_hello(struct jd_stream *s, const Cdp__V1__CaptureHello *h)
 	if (jp) {
 		old = jp->agent;
 		jp->agent = s;
+		if (jp->nresync) {
+			/* Damage found while no agent was connected: resync it now. */
+			send_resync(s, jp->resync, jp->nresync, "bad segment found while away");
+			free(jp->resync);
+			jp->resync = NULL;
+			jp->nresync = 0;
+		}
 		if (old) {
 			pthread_mutex_lock(&old->mu);
 			old->refs++;
@@ -527,6 +537,57 @@ static void *ingest_main(void *p)
 
 /* ---- commands to agents --------------------------------------------------- */
 
+#define PENDING_RESYNC_MAX 4096	/* ranges kept for an absent agent, then whole volumes */
+
+/* Sends a Resync of @n ranges on @s. */
+static int send_resync(struct jd_stream *s, const struct cdp_journal_range *r, size_t n,
+		       const char *reason)
+{
+	Cdp__V1__CaptureDown down = CDP__V1__CAPTURE_DOWN__INIT;
+	Cdp__V1__Command cmd = CDP__V1__COMMAND__INIT;
+	Cdp__V1__Resync rs = CDP__V1__RESYNC__INIT;
+	Cdp__V1__Range *ranges = cdp_xcalloc(n ? n : 1, sizeof(*ranges));
+	Cdp__V1__Range **rp = cdp_xcalloc(n ? n : 1, sizeof(*rp));
+	int rc;
+
+	for (size_t i = 0; i < n; i++) {
+		cdp__v1__range__init(&ranges[i]);
+		ranges[i].volume = r[i].volume;
+		ranges[i].offset = r[i].offset;
+		ranges[i].length = r[i].length;
+		rp[i] = &ranges[i];
+	}
+	rs.n_ranges = n;
+	rs.ranges = rp;
+	rs.reason = (char *)reason;
+	cmd.cmd_case = CDP__V1__COMMAND__CMD_RESYNC;
+	cmd.resync = &rs;
+	down.msg_case = CDP__V1__CAPTURE_DOWN__MSG_COMMAND;
+	down.command = &cmd;
+	rc = send_down(s, &down);
+	free(ranges);
+	free(rp);
+	return rc;
+}
+
+/* Keeps @n ranges for the plan's next agent stream (mu held). */
+static void keep_resync_locked(struct jd_plan *jp, const struct cdp_journal_range *r, size_t n)
+{
+	if (jp->nresync + n > PENDING_RESYNC_MAX) {
+		/* Too many to list: the whole of every volume instead. */
+		free(jp->resync);
+		jp->nresync = jp->pb->n_volumes;
+		jp->resync = cdp_xcalloc(jp->nresync, sizeof(*jp->resync));
+		for (size_t i = 0; i < jp->nresync; i++)
+			jp->resync[i] = (struct cdp_journal_range){ (uint32_t)i, 0,
+								    jp->pb->volumes[i]->size };
+		return;
+	}
+	jp->resync = cdp_xrealloc(jp->resync, (jp->nresync + n) * sizeof(*jp->resync));
+	memcpy(jp->resync + jp->nresync, r, n * sizeof(*r));
+	jp->nresync += n;
+}
+
 int jd_agent_command(struct jd *d, uint64_t plan_id, const Cdp__V1__Command *cmd,
 		     struct cdp_err *err)
 {
@@ -559,11 +620,10 @@ int jd_agent_command(struct jd *d, uint64_t plan_id, const Cdp__V1__Command *cmd
 void jd_on_journal_event(void *arg, const struct cdp_journal_event *ev)
 {
 	struct jd *d = arg;
-	Cdp__V1__Command cmd = CDP__V1__COMMAND__INIT;
-	Cdp__V1__Resync rs = CDP__V1__RESYNC__INIT;
-	Cdp__V1__Range *ranges, **rp;
+	struct cdp_journal_range *ranges = NULL;
 	struct cdp_journal_plan p;
-	struct cdp_err err = CDP_ERR_INIT;
+	struct jd_stream *s = NULL;
+	struct jd_plan *jp;
 	size_t n;
 
 	if (!d || ev->kind != CDP_JOURNAL_EV_CORRUPT)
@@ -571,35 +631,40 @@ void jd_on_journal_event(void *arg, const struct cdp_journal_event *ev)
 	/* Resync what the bad segment touched; all of every volume if unknown. */
 	if (ev->ranges_known) {
 		n = ev->nranges;
+		ranges = cdp_xcalloc(n ? n : 1, sizeof(*ranges));
+		memcpy(ranges, ev->ranges, n * sizeof(*ranges));
 	} else {
 		if (cdp_journal_plan_get(d->j, ev->plan_id, &p, NULL, NULL))
 			return;
 		n = p.nvolumes;
+		ranges = cdp_xcalloc(n ? n : 1, sizeof(*ranges));
+		for (size_t i = 0; i < n; i++)
+			ranges[i] = (struct cdp_journal_range){ (uint32_t)i, 0, p.volume_size[i] };
 	}
-	ranges = cdp_xcalloc(n ? n : 1, sizeof(*ranges));
-	rp = cdp_xcalloc(n ? n : 1, sizeof(*rp));
-	for (size_t i = 0; i < n; i++) {
-		cdp__v1__range__init(&ranges[i]);
-		if (ev->ranges_known) {
-			ranges[i].volume = ev->ranges[i].volume;
-			ranges[i].offset = ev->ranges[i].offset;
-			ranges[i].length = ev->ranges[i].length;
-		} else {
-			ranges[i].volume = (uint32_t)i;
-			ranges[i].length = p.volume_size[i];
+	pthread_mutex_lock(&d->mu);
+	jp = jd_plan_by_id_locked(d, ev->plan_id);
+	if (jp && jp->agent) {
+		s = jp->agent;
+		pthread_mutex_lock(&s->mu);
+		s->refs++;
+		pthread_mutex_unlock(&s->mu);
+	} else if (jp) {
+		keep_resync_locked(jp, ranges, n);
+		cdp_log_warn("journal: plan %s: resync of a bad segment kept for its agent's "
+			     "next connection", jp->pb->name);
+	}
+	pthread_mutex_unlock(&d->mu);
+	if (s) {
+		if (send_resync(s, ranges, n, ev->msg)) {
+			pthread_mutex_lock(&d->mu);
+			jp = jd_plan_by_id_locked(d, ev->plan_id);
+			if (jp)
+				keep_resync_locked(jp, ranges, n);
+			pthread_mutex_unlock(&d->mu);
 		}
-		rp[i] = &ranges[i];
+		stream_unref(s);
 	}
-	rs.n_ranges = n;
-	rs.ranges = rp;
-	rs.reason = (char *)ev->msg;
-	cmd.cmd_case = CDP__V1__COMMAND__CMD_RESYNC;
-	cmd.resync = &rs;
-	if (jd_agent_command(d, ev->plan_id, &cmd, &err))
-		cdp_log_warn("journal: plan %" PRIu64 ": resync of a bad segment not sent: %s",
-			     ev->plan_id, err.msg);
 	free(ranges);
-	free(rp);
 }
 
 /* ---- start and stop ------------------------------------------------------ */

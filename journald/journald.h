@@ -52,6 +52,9 @@ struct jd_plan {
 	Cdp__V1__Plan *pb;		/* owned; replaced whole on change */
 	struct jd_stream *agent;	/* the connected capture stream, or NULL */
 	uint64_t skew_alarms;
+	/* Ranges to resync, found while no agent was connected (guarded by mu). */
+	struct cdp_journal_range *resync;
+	size_t nresync;
 };
 
 struct jd {

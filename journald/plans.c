@@ -183,6 +183,7 @@ void jd_plans_free(struct jd *d)
 {
 	for (size_t i = 0; i < d->nplans; i++) {
 		cdp__v1__plan__free_unpacked(d->plans[i]->pb, NULL);
+		free(d->plans[i]->resync);
 		free(d->plans[i]);
 	}
 	free(d->plans);
@@ -292,6 +293,7 @@ int jd_plan_delete(struct jd *d, const char *name, struct cdp_err *err)
 	for (size_t i = 0; i < d->nplans; i++) {
 		if (d->plans[i]->id == id) {
 			cdp__v1__plan__free_unpacked(d->plans[i]->pb, NULL);
+			free(d->plans[i]->resync);
 			free(d->plans[i]);
 			d->plans[i] = d->plans[--d->nplans];
 			break;

@@ -135,6 +135,12 @@ grep -q '^resync 1:8192:4096$' "$T/resync.out" || die "resync command: $(cat "$T
 [ "$(grep -c '^resync ' "$T/resync.out")" -eq 1 ] || die "resync named more than the segment wrote"
 st=$(ctl --json status db03 | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["state"])')
 case "$st" in damaged*) ;; *) die "db03 state after the damage: $st" ;; esac
+# Found while no agent is connected: kept, and sent at the agent's next hello.
+ctl verify db03 >/dev/null 2>&1 && die "verify passed over a damaged segment (2)"
+"$CLIENT" "unix:$SOCK" db03 agent-db03 resync 0 "$T/dmg" >"$T/resync2.out" 2>&1 ||
+	die "resync client (2): $(tail -n 3 "$T/resync2.out")"
+grep -q '^resync 1:8192:4096$' "$T/resync2.out" ||
+	die "no pending resync at the next hello: $(cat "$T/resync2.out")"
 
 # 3. kill -9 mid-ingest: nothing acknowledged is lost; the agent resends the rest.
 "$CLIENT" "unix:$SOCK" db01 agent-db01 send 3000 >"$T/send3.out" 2>&1 &
