@@ -144,7 +144,8 @@ static void enqueue(struct jd_stream *s, struct jd_item *it)
 	pthread_mutex_lock(&s->mu);
 	s->refs++;
 	s->queued++;
-	if (!s->paused && s->queued >= (unsigned)s->d->cfg.ingest_queue) {
+	if (!s->paused && s->queued >= (unsigned)__atomic_load_n(&s->d->cfg.ingest_queue,
+								  __ATOMIC_RELAXED)) {
 		s->paused = true;
 		cdp_rpc_call_pause_recv(s->call);
 	}
@@ -382,7 +383,7 @@ static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
 	struct cdp_seg_expect ex = { 0 };
 	struct cdp_segment *seg = NULL;
 	struct jd_append *ja;
-	int64_t now, skew;
+	int64_t now, skew, max_skew;
 	int rc;
 
 	if (!s->hello) {
@@ -409,7 +410,8 @@ static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
 	}
 	now = cdp_clock_wall_ns(d->clock);
 	skew = now - seg->h.t_last;
-	if ((skew > d->cfg.max_clock_skew || -skew > d->cfg.max_clock_skew) &&
+	max_skew = __atomic_load_n(&d->cfg.max_clock_skew, __ATOMIC_RELAXED);
+	if ((skew > max_skew || -skew > max_skew) &&
 	    cdp_ratelimit_ok(&s->skew_rl, cdp_clock_mono_ns(d->clock))) {
 		Cdp__V1__CaptureDown down = CDP__V1__CAPTURE_DOWN__INIT;
 		Cdp__V1__Notice n = CDP__V1__NOTICE__INIT;
@@ -417,7 +419,7 @@ static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
 
 		snprintf(text, sizeof(text), "plan %s: agent clock %+" PRId64 " ms from the journal "
 			 "server's (max_clock_skew %" PRId64 " ms)", s->plan_name,
-			 -skew / CDP_NS_PER_MS, d->cfg.max_clock_skew / CDP_NS_PER_MS);
+			 -skew / CDP_NS_PER_MS, max_skew / CDP_NS_PER_MS);
 		cdp_log_warn("ingest: %s", text);
 		n.kind = CDP__V1__NOTICE__KIND__KIND_CLOCK_SKEW;
 		n.text = text;
@@ -499,7 +501,8 @@ static void handle_item(struct jd_item *it)
 	}
 	pthread_mutex_lock(&s->mu);
 	s->queued--;
-	if (s->paused && s->queued < (unsigned)s->d->cfg.ingest_queue / 2) {
+	if (s->paused &&
+	    s->queued < (unsigned)__atomic_load_n(&s->d->cfg.ingest_queue, __ATOMIC_RELAXED) / 2) {
 		s->paused = false;
 		resume = true;
 	}

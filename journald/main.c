@@ -35,7 +35,8 @@
 
 static const struct cdp_conf_option options[] = {
 	{ "server", "listen", CDP_CONF_STRING_AT(struct jd_config, listen),
-	  .def = "unix:cdp-state/journald.sock", .help = "Addresses to serve on, comma-separated: "
+	  .def = "unix:cdp-state/journald.sock", .flags = CDP_CONF_F_RESTART,
+	  .help = "Addresses to serve on, comma-separated: "
 	  "unix:PATH or HOST:PORT." },
 	{ "server", "state_dir", CDP_CONF_STRING_AT(struct jd_config, state_dir),
 	  .def = "cdp-state", .flags = CDP_CONF_F_RESTART,
@@ -48,9 +49,9 @@ static const struct cdp_conf_option options[] = {
 	{ "tls", "key", CDP_CONF_STRING_AT(struct jd_config, tls_key), .flags = CDP_CONF_F_RESTART,
 	  .help = "The server's private key (PEM)." },
 	{ "tls", "admin_id", CDP_CONF_STRING_AT(struct jd_config, admin_id), .def = "admin",
-	  .help = "Common name of the certificate allowed to use the Control API." },
+	  .flags = CDP_CONF_F_RESTART, .help = "Common name of the certificate allowed to use the Control API." },
 	{ "limits", "max_segment", CDP_CONF_SIZE_AT(struct jd_config, max_segment), .def = "5MiB",
-	  .min = 4096, .max = 64 << 20, .help = "Largest segment message accepted." },
+	  .min = 4096, .max = 64 << 20, .flags = CDP_CONF_F_RESTART, .help = "Largest segment message accepted." },
 	{ "limits", "max_clock_skew", CDP_CONF_DURATION_AT(struct jd_config, max_clock_skew),
 	  .def = "2s", .min = 0, .max = INT64_C(3600) * CDP_NS_PER_SEC,
 	  .help = "Agent stamps further than this from the server's clock raise an alarm." },
@@ -261,11 +262,18 @@ int main(int argc, char **argv)
 			struct cdp_err e2 = CDP_ERR_INIT;
 
 			cdp_conf_defaults(&table, &next);
-			if (cdp_conf_load(&table, &next, config, NULL, flags, &e2))
+			if (cdp_conf_load(&table, &next, config, NULL, flags, &e2)) {
 				cdp_log_warn("reload: %s (keeping the running config)", e2.msg);
-			else
-				cdp_log_info("reload: config read; settings marked restart apply at "
-					     "the next start");
+			} else {
+				/* What applies at run time; the rest says "restart". */
+				__atomic_store_n(&d->cfg.max_clock_skew, next.max_clock_skew,
+						 __ATOMIC_RELAXED);
+				__atomic_store_n(&d->cfg.ingest_queue, next.ingest_queue,
+						 __ATOMIC_RELAXED);
+				cdp_log_info("reload: limits.max_clock_skew and limits.ingest_queue "
+					     "applied; settings marked restart apply at the next "
+					     "start");
+			}
 			cdp_conf_release(&table, &next);
 			continue;
 		}

@@ -79,6 +79,12 @@ protoc -I"$CDP_SRC/proto" --python_out="$T/py" "$CDP_SRC"/proto/cdp/v1/*.proto |
 /usr/bin/python3 "$CDP_SRC/tests/integration/grpc_interop.py" "$T/py" "127.0.0.1:$PORT" db01 ||
 	die "the python gRPC client failed"
 
+# SIGHUP rereads the config and applies what applies at run time.
+kill -HUP "$(cat "$T/jd.pid")"
+wait_for 10 grep -q "reload: limits.max_clock_skew and limits.ingest_queue applied" \
+	"$T/cdp-journald.log" || die "SIGHUP did not reload"
+kill -0 "$(cat "$T/jd.pid")" || die "journald died on SIGHUP"
+
 # 2. Bad input, each refused with its status, while db02 streams in parallel.
 "$CLIENT" "unix:$SOCK" db02 agent-db02 send 60 >"$T/send2.out" 2>&1 &
 good=$!
