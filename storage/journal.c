@@ -815,7 +815,17 @@ int cdp_journal_plan_delete(struct cdp_journal *j, uint64_t plan_id, struct cdp_
 	if (!p)
 		return cdp_err_set(err, -ENOENT, "unknown plan %" PRIu64, plan_id);
 
-	/* Wait for a group commit or a fold that may still hold its segments. */
+	/*
+	 * Let the group commits that may hold its segments finish: one being
+	 * prepared (commit_mu), then the pipeline (the index thread idle). Steps
+	 * prepared after that refuse the plan (deleted is set).
+	 */
+	pthread_mutex_lock(&j->commit_mu);
+	pthread_mutex_unlock(&j->commit_mu);
+	pthread_mutex_lock(&j->smu);
+	while (j->pending)
+		pthread_cond_wait(&j->scond, &j->smu);	/* the index thread always drains */
+	pthread_mutex_unlock(&j->smu);
 	pthread_mutex_lock(&j->fold_mu);
 	pthread_mutex_lock(&j->commit_mu);
 	wb = rocksdb_writebatch_create();
@@ -1754,6 +1764,10 @@ static struct pstep *prepare_step(struct cdp_journal *j, struct cdp_journal_appe
 	ps->gen = __atomic_load_n(&j->gen, __ATOMIC_ACQUIRE);
 	s->wb = rocksdb_writebatch_create();
 	pthread_mutex_lock(&j->commit_mu);
+	/* In the pipeline until the index thread is done with it (plan deletion waits). */
+	pthread_mutex_lock(&j->smu);
+	j->pending++;
+	pthread_mutex_unlock(&j->smu);
 	for (a = head; a; a = a->next) {
 		if (a->op == JOP_DAMAGE)
 			step_damage(j, s, a);
@@ -1883,6 +1897,7 @@ static void *index_main(void *arg)
 		index_step(j, ps);
 		pthread_mutex_lock(&j->smu);
 		j->indexing = false;
+		j->pending--;
 		pthread_cond_broadcast(&j->scond);
 		pthread_mutex_unlock(&j->smu);
 	}

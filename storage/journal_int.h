@@ -167,6 +167,7 @@ struct cdp_journal {
 	struct pstep *ready;
 	bool indexing;
 	bool index_stop;
+	unsigned pending;		/* steps prepared and not yet indexed */
 	uint64_t gen;			/* atomic: bumped when an index write fails */
 	pthread_mutex_t bgmu;		/* background threads' sleep */
 	pthread_cond_t bgcond;
