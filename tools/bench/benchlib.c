@@ -14,6 +14,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/util.h"
@@ -46,7 +48,26 @@ static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *
 
 void rmtree(const char *path)
 {
+	char parent[4096];
+	char *slash;
+	int fd;
+
 	nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	/*
+	 * Settle the file system before the next timed part: with the "discard"
+	 * mount option (the root fs of these VMs) freeing gigabytes issues
+	 * discards at the next journal commit, which would otherwise land in
+	 * whatever is measured next. syncfs() makes that commit happen now.
+	 */
+	snprintf(parent, sizeof(parent), "%s", path);
+	slash = strrchr(parent, '/');
+	if (slash && slash != parent)
+		*slash = '\0';
+	fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		syncfs(fd);
+		close(fd);
+	}
 }
 
 void die(const char *fmt, ...)
