@@ -309,7 +309,8 @@ int main(int argc, char **argv)
 	       "MiB in %" PRIu64 " segments above horizon seq %" PRIu64 "\n", d->npoints,
 	       d->records, (double)d->bytes_written / (1 << 20), (double)st.bytes / (1 << 20),
 	       st.segments, st.horizon_seq);
-	printf("next: cdp-journald, cdp-agent (NBD capture) and cdp-standby; see README.md\n");
+	printf("built too: cdp-journald and cdpctl (docs/operations.md); next: cdp-agent (NBD "
+	       "capture) and cdp-standby\n");
 
 	cdp_journal_close(d->j);
 	cdp_seg_enc_free(d->enc);
