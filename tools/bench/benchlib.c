@@ -70,6 +70,22 @@ void rmtree(const char *path)
 	}
 }
 
+bool bench_selected(const char *only, const char *name)
+{
+	size_t n = strlen(name);
+
+	if (!only)
+		return true;
+	for (const char *p = only; *p;) {
+		size_t k = strcspn(p, ",");
+
+		if (k == n && !strncmp(p, name, n))
+			return true;
+		p += k + (p[k] == ',');
+	}
+	return false;
+}
+
 void die(const char *fmt, ...)
 {
 	va_list ap;

@@ -32,6 +32,9 @@ extern const char *bench_prog;
 int64_t now_ns(void);	/* CLOCK_MONOTONIC */
 /* Removes @path and everything under it (warns about what it cannot remove). */
 void rmtree(const char *path);
+
+/* Is measurement @name in the comma-separated @only list (NULL: all are)? */
+bool bench_selected(const char *only, const char *name);
 void __attribute__((noreturn, format(printf, 1, 2))) die(const char *fmt, ...);
 /* To stderr, flushed. */
 void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -618,18 +618,7 @@ static double daemon_one(const struct opts *o, enum transport tr, const struct s
 
 static bool want(const struct opts *o, const char *name)
 {
-	size_t n = strlen(name);
-
-	if (!o->only)
-		return true;
-	for (const char *p = o->only; *p;) {
-		size_t k = strcspn(p, ",");
-
-		if (k == n && !strncmp(p, name, n))
-			return true;
-		p += k + (p[k] == ',');
-	}
-	return false;
+	return bench_selected(o->only, name);
 }
 
 static void usage(FILE *f)

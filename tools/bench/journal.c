@@ -711,18 +711,7 @@ static void points_one(struct cdp_journal *j, const struct opts *o, int64_t t_fi
 /* Is measurement @name (inc1, inc4, txt1, txt4, restore, points) selected by --only? */
 static bool want(const struct opts *o, const char *name)
 {
-	size_t n = strlen(name);
-
-	if (!o->only)
-		return true;
-	for (const char *p = o->only; *p;) {
-		size_t k = strcspn(p, ",");
-
-		if (k == n && !strncmp(p, name, n))
-			return true;
-		p += k + (p[k] == ',');
-	}
-	return false;
+	return bench_selected(o->only, name);
 }
 
 static void usage(FILE *f)
