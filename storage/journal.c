@@ -1108,6 +1108,18 @@ static int read_details(struct cdp_journal_append *a, struct cdp_err *err)
 	return 0;
 }
 
+/* Appends @a to the commit queue and wakes the commit thread (qmu held). */
+static void enqueue_locked(struct cdp_journal *j, struct cdp_journal_append *a)
+{
+	if (j->qtail)
+		j->qtail->next = a;
+	else
+		j->qhead = a;
+	j->qtail = a;
+	j->qlen++;
+	pthread_cond_signal(&j->qcond);
+}
+
 int cdp_journal_submit(struct cdp_journal *j, struct cdp_journal_append *a)
 {
 	struct timespec ts;
@@ -1147,13 +1159,7 @@ int cdp_journal_submit(struct cdp_journal *j, struct cdp_journal_append *a)
 		rc = cdp_err_set(&a->err, -ETIMEDOUT, "journal queue full (%u) for %" PRId64 " ms",
 				 j->qlen, j->opts.submit_timeout_ns / CDP_NS_PER_MS);
 	} else {
-		if (j->qtail)
-			j->qtail->next = a;
-		else
-			j->qhead = a;
-		j->qtail = a;
-		j->qlen++;
-		pthread_cond_signal(&j->qcond);
+		enqueue_locked(j, a);
 	}
 	pthread_mutex_unlock(&j->qmu);
 	if (rc) {
@@ -1176,13 +1182,7 @@ int jqueue_damage(struct cdp_journal *j, uint64_t plan, uint64_t first_seq)
 		free(a);
 		return -ECANCELED;
 	}
-	if (j->qtail)
-		j->qtail->next = a;
-	else
-		j->qhead = a;
-	j->qtail = a;
-	j->qlen++;
-	pthread_cond_signal(&j->qcond);
+	enqueue_locked(j, a);
 	pthread_mutex_unlock(&j->qmu);
 	return 0;
 }
