@@ -1,11 +1,14 @@
 /*
  * journald/ingest - Capture.Stream: the agent's segments in, acks out.
  *
- * The cq thread only copies each message onto the stream's ingest queue
- * (streams are spread over ingest_threads workers; one stream always goes to
- * the same worker, so its segments stay in order). When a stream has
- * ingest_queue messages waiting, its reads pause until the worker catches
- * up: gRPC flow control then holds the agent back.
+ * The cq thread only puts each message onto the stream's ingest queue (gRPC's
+ * slices are flattened once, into a buffer that travels with the segment to
+ * the journal: proto/wire finds the segment bytes inside it, the decoder
+ * checks them in place, and the journal copies them once, into its O_DIRECT
+ * staging area). Streams are spread over ingest_threads workers; one stream
+ * always goes to the same worker, so its segments stay in order. When a
+ * stream has ingest_queue messages waiting, its reads pause until the worker
+ * catches up: gRPC flow control then holds the agent back.
  *
  * A worker validates everything before the journal sees it: the hello (plan,
  * identity, epoch, volumes), then each segment fully decoded (header, CRCs,
@@ -28,6 +31,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "proto/wire.h"
 #include "storage/segment.h"
 
 struct jd_stream {
@@ -59,7 +63,8 @@ struct jd_item {
 struct jd_append {
 	struct cdp_journal_append a;
 	struct jd_stream *s;
-	Cdp__V1__CaptureUp *up;	/* owns the segment bytes the journal borrows */
+	Cdp__V1__CaptureUp *up;	/* the message's other fields */
+	uint8_t *msg;		/* the message as received: holds the segment bytes */
 };
 
 static unsigned next_worker;	/* cq thread only */
@@ -157,20 +162,20 @@ static void enqueue(struct jd_stream *s, struct jd_item *it)
 		pthread_mutex_lock(&s->mu);
 		s->queued--;
 		pthread_mutex_unlock(&s->mu);
-		free(it->msg);
+		cdp_rpc_msg_free(it->msg);
 		free(it);
 		stream_unref(s);
 	}
 }
 
-static void on_message(struct cdp_rpc_call *call, const uint8_t *msg, size_t len, void *arg)
+/* Takes @msg: it travels to the journal and is freed when the append is done. */
+static void on_message(struct cdp_rpc_call *call, uint8_t *msg, size_t len, void *arg)
 {
 	struct jd_stream *s = cdp_rpc_call_user(call);
 	struct jd_item *it = cdp_xcalloc(1, sizeof(*it));
 
 	it->s = s;
-	it->msg = cdp_xmalloc(len ? len : 1);
-	memcpy(it->msg, msg, len);
+	it->msg = msg;
 	it->len = len;
 	enqueue(s, it);
 }
@@ -370,12 +375,17 @@ static void append_done(struct cdp_journal_append *a)
 	pthread_mutex_unlock(&s->mu);
 	maybe_finish(s);
 	cdp__v1__capture_up__free_unpacked(ja->up, NULL);
+	cdp_rpc_msg_free(ja->msg);
 	free(ja);
 	stream_unref(s);
 }
 
-/* Takes *@upp (the unpacked message) when the segment is submitted. */
-static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
+/*
+ * @data/@len: Segment.data, inside it->msg or *@upp. Takes *@upp and it->msg
+ * when the segment is submitted: the journal reads the bytes where they are.
+ */
+static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__CaptureUp **upp,
+			   const uint8_t *data, size_t len)
 {
 	const Cdp__V1__Segment *sg = (*upp)->segment;
 	struct jd *d = s->d;
@@ -391,9 +401,9 @@ static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
 		stream_fail(s, &err);
 		return;
 	}
-	if (sg->data.len > d->cfg.max_segment) {
+	if (len > d->cfg.max_segment) {
 		cdp_err_set(&err, -ENOSPC, "segment: %zu bytes > max_segment %" PRIu64,
-			    sg->data.len, d->cfg.max_segment);
+			    len, d->cfg.max_segment);
 		stream_fail(s, &err);
 		return;
 	}
@@ -402,7 +412,8 @@ static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
 	ex.min_time = INT64_MIN;
 	ex.volume_sizes = s->vol_size;
 	ex.nvolumes = s->nvol;
-	rc = cdp_seg_decode(sg->data.data, sg->data.len, &ex, &seg, &err);
+	ex.borrow_raw = true;	/* checked in place, freed below */
+	rc = cdp_seg_decode(data, len, &ex, &seg, &err);
 	if (rc) {
 		cdp_err_prefix(&err, "plan %s", s->plan_name);
 		stream_fail(s, &err);
@@ -431,11 +442,13 @@ static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
 
 	ja = cdp_xcalloc(1, sizeof(*ja));
 	ja->s = s;
-	ja->up = *upp;		/* no copy: the journal reads the unpacked bytes */
+	ja->up = *upp;		/* no copy: the journal reads the received bytes */
 	*upp = NULL;
+	ja->msg = it->msg;
+	it->msg = NULL;
 	ja->a.plan_id = s->plan_id;
-	ja->a.seg = sg->data.data;
-	ja->a.len = sg->data.len;
+	ja->a.seg = data;
+	ja->a.len = len;
 	ja->a.recv_time_ns = now;
 	if (sg->has_checkpoint && sg->checkpoint) {
 		ja->a.has_ckpt = true;
@@ -457,6 +470,7 @@ static void handle_segment(struct jd_stream *s, Cdp__V1__CaptureUp **upp)
 		s->inflight--;
 		pthread_mutex_unlock(&s->mu);
 		cdp__v1__capture_up__free_unpacked(ja->up, NULL);
+		cdp_rpc_msg_free(ja->msg);
 		free(ja);
 		stream_fail(s, &e2);
 		stream_unref(s);
@@ -468,6 +482,8 @@ static void handle_item(struct jd_item *it)
 	struct jd_stream *s = it->s;
 	struct cdp_err err = CDP_ERR_INIT;
 	Cdp__V1__CaptureUp *up;
+	const uint8_t *data;
+	size_t data_len;
 	bool skip, resume = false;
 
 	pthread_mutex_lock(&s->mu);
@@ -478,8 +494,7 @@ static void handle_item(struct jd_item *it)
 		s->half_closed = true;
 		pthread_mutex_unlock(&s->mu);
 	} else if (!skip) {
-		up = cdp__v1__capture_up__unpack(NULL, it->len, it->msg);
-		if (!up) {
+		if (cdp_capture_up_unpack(it->msg, it->len, &up, &data, &data_len) < 0) {
 			cdp_err_set(&err, -EINVAL, "CaptureUp: %zu bytes are not a valid message",
 				    it->len);
 			stream_fail(s, &err);
@@ -491,7 +506,7 @@ static void handle_item(struct jd_item *it)
 				handle_hello(s, up->hello);
 			}
 		} else if (up->msg_case == CDP__V1__CAPTURE_UP__MSG_SEGMENT && up->segment) {
-			handle_segment(s, &up);
+			handle_segment(s, it, &up, data, data_len);
 		} else {
 			cdp_err_set(&err, -EINVAL, "CaptureUp: empty message (no hello, no segment)");
 			stream_fail(s, &err);
@@ -510,7 +525,7 @@ static void handle_item(struct jd_item *it)
 	if (resume)
 		cdp_rpc_call_resume_recv(s->call);
 	maybe_finish(s);
-	free(it->msg);
+	cdp_rpc_msg_free(it->msg);
 	free(it);
 	stream_unref(s);
 }
@@ -676,7 +691,7 @@ int jd_ingest_start(struct jd *d, struct cdp_err *err)
 {
 	static const struct cdp_rpc_handlers h = {
 		.on_open = on_open,
-		.on_message = on_message,
+		.on_message_take = on_message,
 		.on_half_close = on_half_close,
 		.on_done = on_done,
 	};

@@ -393,6 +393,92 @@ static grpc_byte_buffer *bb_take(void *p, size_t len)
 	return bb_from_slice(grpc_slice_new(p, len, free));
 }
 
+/* ---- buffers handed to on_message_take ---------------------------------- */
+
+/*
+ * Each buffer starts with its capacity; the caller sees the bytes after it.
+ * Large ones are sized in whole MiB and kept in a small pool when released:
+ * on this kind of machine first-touching fresh pages costs more than the
+ * copy itself (docs/performance.md), and a stream of 4 MiB segments would
+ * otherwise fault in every buffer anew.
+ */
+#define MSG_HDR 16		/* keeps the bytes 16-byte aligned */
+#define MSG_POOL_MIN (1u << 20)
+#define MSG_POOL_SLOTS 64
+
+static struct {
+	pthread_mutex_t mu;
+	uint8_t *slot[MSG_POOL_SLOTS];	/* headers of idle buffers */
+	size_t n;
+	size_t idle_bytes;
+} msg_pool = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static size_t msg_cap(const uint8_t *hdr)
+{
+	size_t cap;
+
+	memcpy(&cap, hdr, sizeof(cap));
+	return cap;
+}
+
+static uint8_t *msg_alloc(size_t len)
+{
+	size_t cap = len ? len : 1;
+	uint8_t *hdr = NULL;
+
+	if (len >= MSG_POOL_MIN) {
+		cap = (len + MSG_POOL_MIN - 1) & ~(size_t)(MSG_POOL_MIN - 1);
+		pthread_mutex_lock(&msg_pool.mu);
+		for (size_t i = 0; i < msg_pool.n; i++) {
+			size_t c = msg_cap(msg_pool.slot[i]);
+
+			if (c >= len) {
+				hdr = msg_pool.slot[i];
+				msg_pool.slot[i] = msg_pool.slot[--msg_pool.n];
+				msg_pool.idle_bytes -= c;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&msg_pool.mu);
+		if (hdr)
+			return hdr + MSG_HDR;
+	}
+	hdr = cdp_xmalloc(MSG_HDR + cap);
+	memcpy(hdr, &cap, sizeof(cap));
+	return hdr + MSG_HDR;
+}
+
+void cdp_rpc_msg_free(uint8_t *msg)
+{
+	uint8_t *hdr;
+	size_t cap;
+
+	if (!msg)
+		return;
+	hdr = msg - MSG_HDR;
+	cap = msg_cap(hdr);
+	if (cap >= MSG_POOL_MIN) {
+		pthread_mutex_lock(&msg_pool.mu);
+		if (msg_pool.n < MSG_POOL_SLOTS && msg_pool.idle_bytes + cap <= CDP_RPC_MSG_POOL_MAX) {
+			msg_pool.slot[msg_pool.n++] = hdr;
+			msg_pool.idle_bytes += cap;
+			hdr = NULL;
+		}
+		pthread_mutex_unlock(&msg_pool.mu);
+	}
+	free(hdr);
+}
+
+/* Frees the idle pool at exit, so leak checkers see only real leaks. */
+__attribute__((destructor)) static void msg_pool_drain(void)
+{
+	pthread_mutex_lock(&msg_pool.mu);
+	while (msg_pool.n)
+		free(msg_pool.slot[--msg_pool.n]);
+	msg_pool.idle_bytes = 0;
+	pthread_mutex_unlock(&msg_pool.mu);
+}
+
 /* A received message as one run of bytes: borrowed from a single slice, or copied. */
 struct flat {
 	const uint8_t *p;
@@ -439,6 +525,35 @@ static int bb_flatten(grpc_byte_buffer *bb, struct flat *f)
 	f->len = off;
 	f->p = f->owned;
 	return 0;
+}
+
+/* The message in a pooled buffer (for on_message_take), copied once from its slices. */
+static uint8_t *bb_to_msg(grpc_byte_buffer *bb, size_t *len)
+{
+	grpc_byte_buffer_reader r;
+	grpc_slice sl;
+	size_t off = 0, total = grpc_byte_buffer_length(bb);
+	uint8_t *msg;
+
+	if (!grpc_byte_buffer_reader_init(&r, bb))
+		return NULL;
+	msg = msg_alloc(total);
+	while (grpc_byte_buffer_reader_next(&r, &sl)) {
+		size_t n = GRPC_SLICE_LENGTH(sl);
+
+		if (n > total - off) {	/* decompressed past the announced length */
+			grpc_slice_unref(sl);
+			grpc_byte_buffer_reader_destroy(&r);
+			cdp_rpc_msg_free(msg);
+			return NULL;
+		}
+		memcpy(msg + off, GRPC_SLICE_START_PTR(sl), n);
+		off += n;
+		grpc_slice_unref(sl);
+	}
+	grpc_byte_buffer_reader_destroy(&r);
+	*len = off;
+	return msg;
 }
 
 static int bb_to_buf(grpc_byte_buffer *bb, struct cdp_buf *out)
@@ -946,9 +1061,18 @@ static void recv_done(struct cdp_rpc_call *c, bool ok)
 		cdp_rpc_call_unref(c);
 		return;
 	}
-	if (bb_flatten(bb, &f) < 0) {
+	if (!m->h.on_message_take && bb_flatten(bb, &f) < 0) {
 		grpc_byte_buffer_destroy(bb);
 		cdp_rpc_call_finish(c, CDP_RPC_INTERNAL, "unreadable message buffer");
+	} else if (m->h.on_message_take) {
+		size_t len;
+		uint8_t *own = bb_to_msg(bb, &len);
+
+		grpc_byte_buffer_destroy(bb);
+		if (own)
+			m->h.on_message_take(c, own, len, m->arg);
+		else
+			cdp_rpc_call_finish(c, CDP_RPC_INTERNAL, "unreadable message buffer");
 	} else {
 		m->h.on_message(c, f.p, f.len, m->arg);
 		free(f.owned);
@@ -1407,8 +1531,10 @@ int cdp_rpc_server_add_method(struct cdp_rpc_server *srv, const char *name,
 			return cdp_err_set(err, -EINVAL, "method %s: on_request is required", name);
 		break;
 	case CDP_RPC_BIDI_STREAMING:
-		if (!h->on_message)
-			return cdp_err_set(err, -EINVAL, "method %s: on_message is required", name);
+		if (!h->on_message == !h->on_message_take)
+			return cdp_err_set(err, -EINVAL,
+					   "method %s: exactly one of on_message, on_message_take",
+					   name);
 		break;
 	default:
 		return cdp_err_set(err, -EINVAL, "method %s: unknown kind %d", name, (int)kind);
@@ -1977,27 +2103,67 @@ static int send_dead_err(struct cdp_rpc_stream *s, struct cdp_err *err)
 			   s->method, s->ch->target);
 }
 
-int cdp_rpc_stream_send(struct cdp_rpc_stream *s, const void *msg, size_t len,
-			int64_t timeout_ns, struct cdp_err *err)
+/* A message of a copied head and a borrowed body; gRPC calls @release when done with it. */
+struct parts {
+	const void *head;
+	size_t head_len;
+	const void *body;
+	size_t body_len;
+	void (*release)(void *ctx);
+	void *ctx;
+};
+
+static grpc_byte_buffer *bb_parts(const struct parts *m)
 {
+	grpc_slice sl[2];
+	grpc_byte_buffer *bb;
+	size_t n = 0;
+
+	if (m->head_len) {
+		sl[n] = grpc_slice_malloc(m->head_len);
+		memcpy(GRPC_SLICE_START_PTR(sl[n]), m->head, m->head_len);
+		n++;
+	}
+	if (m->body_len)
+		sl[n++] = grpc_slice_new_with_user_data((void *)m->body, m->body_len, m->release,
+							m->ctx);
+	else if (m->release)
+		m->release(m->ctx);
+	if (!n)
+		sl[n++] = grpc_empty_slice();
+	bb = grpc_raw_byte_buffer_create(sl, n);
+	for (size_t i = 0; i < n; i++)
+		grpc_slice_unref(sl[i]);
+	return bb;
+}
+
+static int stream_send(struct cdp_rpc_stream *s, const struct parts *m, int64_t timeout_ns,
+		       struct cdp_err *err)
+{
+	size_t len = m->head_len + m->body_len;
 	grpc_call_error e;
 	grpc_op op;
 	int rc;
 
 	if (s->send_closed)
-		return cdp_err_set(err, -EINVAL, "%s on %s: send after close_send", s->method,
-				   s->ch->target);
-	if (len > s->ch->max_message)
-		return cdp_err_set(err, -EMSGSIZE, "%s on %s: message of %zu bytes > max %zu",
-				   s->method, s->ch->target, len, s->ch->max_message);
-	if (atomic_load(&s->ended))
-		return send_dead_err(s, err);
-	rc = send_wait(s, deadline_in(timeout_ns), err);
-	if (rc == -ECANCELED || s->send_dead)
-		return send_dead_err(s, err);
-	if (rc < 0)
+		rc = cdp_err_set(err, -EINVAL, "%s on %s: send after close_send", s->method,
+				 s->ch->target);
+	else if (len > s->ch->max_message)
+		rc = cdp_err_set(err, -EMSGSIZE, "%s on %s: message of %zu bytes > max %zu",
+				 s->method, s->ch->target, len, s->ch->max_message);
+	else if (atomic_load(&s->ended))
+		rc = send_dead_err(s, err);
+	else {
+		rc = send_wait(s, deadline_in(timeout_ns), err);
+		if (rc == -ECANCELED || s->send_dead)
+			rc = send_dead_err(s, err);
+	}
+	if (rc < 0) {
+		if (m->release)
+			m->release(m->ctx);
 		return rc;
-	s->send_bb = bb_copy(msg, len);
+	}
+	s->send_bb = bb_parts(m);
 	memset(&op, 0, sizeof(op));
 	op.op = GRPC_OP_SEND_MESSAGE;
 	op.data.send_message.send_message = s->send_bb;
@@ -2011,6 +2177,23 @@ int cdp_rpc_stream_send(struct cdp_rpc_stream *s, const void *msg, size_t len,
 	}
 	s->send_pending = true;
 	return 0;
+}
+
+int cdp_rpc_stream_send(struct cdp_rpc_stream *s, const void *msg, size_t len,
+			int64_t timeout_ns, struct cdp_err *err)
+{
+	struct parts m = { .head = msg, .head_len = len };
+
+	return stream_send(s, &m, timeout_ns, err);
+}
+
+int cdp_rpc_stream_send_parts(struct cdp_rpc_stream *s, const void *head, size_t head_len,
+			      const void *body, size_t body_len, void (*release)(void *ctx),
+			      void *ctx, int64_t timeout_ns, struct cdp_err *err)
+{
+	struct parts m = { head, head_len, body, body_len, release, ctx };
+
+	return stream_send(s, &m, timeout_ns, err);
 }
 
 int cdp_rpc_stream_close_send(struct cdp_rpc_stream *s, int64_t timeout_ns, struct cdp_err *err)

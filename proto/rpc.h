@@ -190,7 +190,14 @@ enum cdp_rpc_kind {
  * the method's @arg. Message bytes are borrowed for the callback's duration.
  * Which ones a kind uses (NULL = not interested, except where required):
  *   UNARY, SERVER_STREAMING: on_request (required), on_done.
- *   BIDI_STREAMING: on_message (required), on_open, on_half_close, on_done.
+ *   BIDI_STREAMING: on_message or on_message_take (one required), on_open,
+ *   on_half_close, on_done.
+ * on_message_take is on_message for handlers that keep the bytes: @msg is a
+ * copy the handler owns and releases with cdp_rpc_msg_free(), from any
+ * thread; gRPC's slices are copied once, straight into it, so a large message
+ * costs one copy, not two. Large buffers are recycled (see
+ * cdp_rpc_msg_free()), so their pages stay mapped from one message to the
+ * next instead of being faulted in again for every message.
  * @code in on_done: the status the server sent, or CDP_RPC_CANCELLED when the
  * call ended without one (then @cancelled is true: client cancel, disconnect,
  * deadline, or server stop).
@@ -199,10 +206,19 @@ struct cdp_rpc_handlers {
 	void (*on_request)(struct cdp_rpc_call *call, const uint8_t *msg, size_t len, void *arg);
 	void (*on_open)(struct cdp_rpc_call *call, void *arg);
 	void (*on_message)(struct cdp_rpc_call *call, const uint8_t *msg, size_t len, void *arg);
+	void (*on_message_take)(struct cdp_rpc_call *call, uint8_t *msg, size_t len, void *arg);
 	void (*on_half_close)(struct cdp_rpc_call *call, void *arg);
 	void (*on_done)(struct cdp_rpc_call *call, enum cdp_rpc_code code, bool cancelled,
 			void *arg);
 };
+
+/*
+ * Releases a message given to on_message_take. Buffers of 1 MiB and more go
+ * back to a process-wide pool (at most CDP_RPC_MSG_POOL_MAX bytes kept idle)
+ * that the next large messages reuse; others are freed. NULL is ignored.
+ */
+#define CDP_RPC_MSG_POOL_MAX (64u << 20)
+void cdp_rpc_msg_free(uint8_t *msg);
 
 struct cdp_rpc_server_opts {
 	/* Addresses to listen on (borrowed): "unix:/path" or "HOST:PORT"; port 0
@@ -414,6 +430,18 @@ struct cdp_rpc_stream *cdp_rpc_stream_open_request(struct cdp_rpc_channel *ch,
  */
 int cdp_rpc_stream_send(struct cdp_rpc_stream *s, const void *msg, size_t len,
 			int64_t timeout_ns, struct cdp_err *err);
+
+/*
+ * cdp_rpc_stream_send() of one message made of @head (copied) then @body,
+ * which is NOT copied: gRPC reads it in place until it calls @release(@ctx),
+ * from any thread. @release is called exactly once, whatever this returns
+ * (at once when the message was not queued), so a caller that keeps @body
+ * takes a reference for the send. For large payloads: no copy in user space
+ * between the caller's buffer and the socket.
+ */
+int cdp_rpc_stream_send_parts(struct cdp_rpc_stream *s, const void *head, size_t head_len,
+			      const void *body, size_t body_len, void (*release)(void *ctx),
+			      void *ctx, int64_t timeout_ns, struct cdp_err *err);
 
 /*
  * Half-closes: tells the server no more messages come (after the previous

@@ -1032,11 +1032,17 @@ int cdp_seg_decode(const uint8_t *buf, size_t len, const struct cdp_seg_expect *
 				   h.nrecords);
 	seg = cdp_xcalloc(1, sizeof(*seg));
 	seg->h = h;
-	seg->raw = cdp_xmalloc(h.raw_len);
 	seg->recs = cdp_xmalloc(recs_size);
-	rc = cdp_seg_decompress(&h, buf + CDP_SEG_HDR_LEN, seg->raw, err);
-	if (rc < 0)
-		goto fail;
+	if (expect && expect->borrow_raw && h.compression == CDP_COMP_NONE &&
+	    h.body_len == h.raw_len && h.raw_len <= CDP_SEG_MAX_RAW) {
+		seg->raw = (uint8_t *)(buf + CDP_SEG_HDR_LEN);	/* never written through */
+		seg->raw_borrowed = true;
+	} else {
+		seg->raw = cdp_xmalloc(h.raw_len);
+		rc = cdp_seg_decompress(&h, buf + CDP_SEG_HDR_LEN, seg->raw, err);
+		if (rc < 0)
+			goto fail;
+	}
 	rc = check_records(seg, expect, err);
 	if (rc < 0)
 		goto fail;
@@ -1064,7 +1070,8 @@ void cdp_segment_free(struct cdp_segment *seg)
 {
 	if (!seg)
 		return;
-	free(seg->raw);
+	if (!seg->raw_borrowed)
+		free(seg->raw);
 	free(seg->recs);
 	free(seg);
 }

@@ -258,13 +258,17 @@ struct cdp_seg_expect {
 	int64_t min_time;		/* t_first must be >= (INT64_MIN to skip) */
 	const uint64_t *volume_sizes;	/* bytes, indexed by volume id; NULL to skip */
 	uint32_t nvolumes;
+	/* A body stored uncompressed is used in place (no copy): the decoded
+	 * segment then points into @buf and must not outlive it. */
+	bool borrow_raw;
 };
 
 /* A decoded segment: header, owned raw body, and its records (payloads point into raw). */
 struct cdp_segment {
 	struct cdp_seg_header h;
-	uint8_t *raw;			/* h.raw_len bytes, owned */
+	uint8_t *raw;			/* h.raw_len bytes, owned unless raw_borrowed */
 	struct cdp_record *recs;	/* h.nrecords entries, owned */
+	bool raw_borrowed;		/* raw points into the decoded buffer */
 };
 
 /*

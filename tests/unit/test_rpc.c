@@ -20,6 +20,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <spawn.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/wait.h>
@@ -104,6 +105,9 @@ struct srv_state {
 	enum cdp_rpc_code last_code;
 	uint64_t sink_msgs;
 	uint64_t sink_bytes;
+	uint64_t sink_sum;	/* of every byte received */
+	const uint8_t *sink_last;	/* the buffer of the last message */
+	unsigned sink_reused;	/* messages that came in the previous one's buffer */
 	bool pause_on_open;
 	struct cdp_rpc_call *held;	/* a call the test holds a reference to */
 	struct cdp_rpc_server *srv;	/* set before the server starts */
@@ -344,13 +348,23 @@ static void sink_open(struct cdp_rpc_call *call, void *arg)
 	pthread_mutex_unlock(&st->mu);
 }
 
-static void sink_message(struct cdp_rpc_call *call, const uint8_t *msg, size_t len, void *arg)
+/* on_message_take: the bytes are the handler's own (it writes and frees them). */
+static void sink_message(struct cdp_rpc_call *call, uint8_t *msg, size_t len, void *arg)
 {
 	struct srv_state *st = arg;
+	uint64_t sum = 0;
 
+	for (size_t i = 0; i < len; i++) {
+		sum += msg[i];
+		msg[i] = 0;
+	}
+	cdp_rpc_msg_free(msg);
 	pthread_mutex_lock(&st->mu);
+	st->sink_reused += msg == st->sink_last;
+	st->sink_last = msg;
 	st->sink_msgs++;
 	st->sink_bytes += len;
+	st->sink_sum += sum;
 	pthread_cond_broadcast(&st->cv);
 	pthread_mutex_unlock(&st->mu);
 }
@@ -431,7 +445,7 @@ static void add_methods(struct env *e)
 	struct cdp_rpc_handlers count = { .on_request = count_request, .on_done = on_done };
 	struct cdp_rpc_handlers bidi = { .on_open = bidi_open, .on_message = bidi_message,
 					 .on_half_close = bidi_half_close, .on_done = on_done };
-	struct cdp_rpc_handlers sink = { .on_open = sink_open, .on_message = sink_message,
+	struct cdp_rpc_handlers sink = { .on_open = sink_open, .on_message_take = sink_message,
 					 .on_half_close = bidi_half_close, .on_done = on_done };
 	struct cdp_rpc_handlers proto = { .on_request = proto_request, .on_done = on_done };
 
@@ -454,6 +468,14 @@ static void add_methods(struct env *e)
 						   &err), -EINVAL, "NoSlash");
 	assert_err(&err, cdp_rpc_server_add_method(e->srv, "/a.B/C", CDP_RPC_BIDI_STREAMING,
 						   &unary, NULL, &err), -EINVAL, "on_message");
+	{
+		struct cdp_rpc_handlers both = sink;
+
+		both.on_message = bidi_message;
+		assert_err(&err, cdp_rpc_server_add_method(e->srv, "/a.B/D",
+							   CDP_RPC_BIDI_STREAMING, &both, NULL,
+							   &err), -EINVAL, "exactly one");
+	}
 }
 
 static struct env *env_new(bool tls)
@@ -791,6 +813,60 @@ static void test_large_messages_and_the_limit(void **state)
 	cdp_buf_release(&reply);
 }
 
+static atomic_uint parts_released;
+
+static void parts_release(void *ctx)
+{
+	atomic_fetch_add(&parts_released, (unsigned)(uintptr_t)ctx);
+}
+
+/*
+ * send_parts: head copied, body sent in place and released exactly once; on
+ * the server, each large message comes in the pooled buffer of the one before.
+ */
+static void test_send_parts_borrows_the_body(void **state)
+{
+	struct env *e = *state;
+	size_t len = 1536 * 1024;
+	uint8_t *body = cdp_xmalloc(len);
+	const uint8_t head[3] = { 1, 2, 3 };
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_rpc_stream *s;
+	enum cdp_rpc_code code;
+	uint64_t sum = 6 * 10, base_sum, base_bytes;
+	unsigned n = 10;
+
+	for (size_t i = 0; i < len; i++) {
+		body[i] = (uint8_t)(i * 3 + 1);
+		sum += (uint64_t)body[i] * n;
+	}
+	atomic_store(&parts_released, 0);
+	base_sum = st_snap(&e->st).sink_sum;
+	base_bytes = st_snap(&e->st).sink_bytes;
+	s = cdp_rpc_stream_open(e->tch, M_SINK, CALL_TIMEOUT, &err);
+	assert_non_null(s);
+	for (unsigned i = 0; i < n; i++)
+		assert_int_equal(cdp_rpc_stream_send_parts(s, head, sizeof(head), body, len,
+							   parts_release, (void *)1,
+							   CALL_TIMEOUT, &err), 0);
+	assert_int_equal(cdp_rpc_stream_close_send(s, CALL_TIMEOUT, &err), 0);
+	assert_int_equal(cdp_rpc_stream_status(s, CALL_TIMEOUT, &code, &err), 0);
+	WAIT_FOR(&e->st, e->st.sink_bytes - base_bytes == n * (len + sizeof(head)));
+	assert_int_equal(st_snap(&e->st).sink_sum - base_sum, sum);
+	assert_true(st_snap(&e->st).sink_reused >= n - 1);
+	/* Refused sends release too: the stream is closed for sending. */
+	assert_int_equal(cdp_rpc_stream_send_parts(s, head, sizeof(head), body, len,
+						   parts_release, (void *)100, CALL_TIMEOUT,
+						   &err), -EINVAL);
+	cdp_rpc_stream_free(s);
+	/* gRPC drops its last reference from its own threads: poll with a deadline. */
+	for (int64_t until = mono_ns() + WAIT_DEADLINE;
+	     atomic_load(&parts_released) != n + 100 && mono_ns() < until;)
+		sched_yield();
+	assert_int_equal(atomic_load(&parts_released), n + 100);
+	free(body);
+}
+
 static void test_pause_recv_holds_the_client_back(void **state)
 {
 	struct env *e = *state;
@@ -802,7 +878,13 @@ static void test_pause_recv_holds_the_client_back(void **state)
 	struct srv_state snap;
 	enum cdp_rpc_code code;
 	unsigned sent = 0, max = 4096;	/* 256 MiB: far past any window */
+	uint64_t sum = 0;
 	int rc = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		p[i] = (uint8_t)(i * 7 + 1);
+		sum += p[i];
+	}
 
 	pthread_mutex_lock(&e->st.mu);
 	e->st.pause_on_open = true;
@@ -840,6 +922,7 @@ static void test_pause_recv_holds_the_client_back(void **state)
 	snap = st_snap(&e->st);
 	assert_int_equal(snap.sink_msgs, sent + 1);
 	assert_int_equal(snap.sink_bytes, (uint64_t)(sent + 1) * len);
+	assert_int_equal(snap.sink_sum, (uint64_t)(sent + 1) * sum);	/* the bytes, intact */
 	/* Ended: the call refuses sends, then our reference frees it. */
 	assert_int_equal(cdp_rpc_call_send(held, "x", 1), -ECANCELED);
 	assert_int_equal(cdp_rpc_call_wait_send_below(held, 0, SEC), -ECANCELED);
@@ -1284,6 +1367,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_bidi_echo_send_and_recv_on_two_threads,
 						env_setup, env_teardown),
 		cmocka_unit_test_setup_teardown(test_large_messages_and_the_limit, env_setup,
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_send_parts_borrows_the_body, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_pause_recv_holds_the_client_back, env_setup,
 						env_teardown),

@@ -456,7 +456,31 @@ static void test_incompressible_body_is_stored_raw(void **state)
 	assert_int_equal(seg->h.body_len, seg->h.raw_len);
 	assert_int_equal(seg->h.raw_len, cdp_seg_record_size(sizeof(pay)));
 	assert_memory_equal(seg->recs[0].payload, pay, sizeof(pay));
+	assert_false(seg->raw_borrowed);
+	assert_ptr_not_equal(seg->raw, b.data + CDP_SEG_HDR_LEN);
 	cdp_segment_free(seg);
+
+	/* borrow_raw: the same checks, the body used in place. */
+	{
+		struct cdp_seg_expect ex = { .min_time = INT64_MIN, .borrow_raw = true };
+
+		assert_int_equal(cdp_seg_decode(b.data, b.len, &ex, &seg, &err), 0);
+		assert_true(seg->raw_borrowed);
+		assert_ptr_equal(seg->raw, b.data + CDP_SEG_HDR_LEN);
+		assert_memory_equal(seg->recs[0].payload, pay, sizeof(pay));
+		cdp_segment_free(seg);
+		/* and a bad record CRC is still found in the borrowed body */
+		b.data[CDP_SEG_HDR_LEN + CDP_REC_HDR_LEN + 10] ^= 1;
+		{
+			struct cdp_seg_header h;
+
+			assert_int_equal(cdp_seg_parse_header(b.data, b.len, &h, &err), 0);
+			h.body_crc32c = cdp_crc32c(0, b.data + CDP_SEG_HDR_LEN, h.body_len);
+			cdp_seg_write_header(&h, b.data);
+		}
+		assert_int_equal(cdp_seg_decode(b.data, b.len, &ex, &seg, &err), -EBADMSG);
+		assert_null(seg);
+	}
 	cdp_seg_enc_free(enc);
 	cdp_buf_release(&b);
 }
