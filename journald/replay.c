@@ -14,8 +14,10 @@
  *
  * Acks (applied and flushed seqs) move the standby's cursor in the journal,
  * "standby:<id>", which pins history while the standby is no more than the
- * plan's standby_max_lag behind; beyond that the cursor stops pinning so the
- * journal can fold, and the standby will be seeded again when it returns.
+ * plan's standby_max_lag behind (a lag-bounded cursor: the journal itself
+ * stops honouring it once it is older than that, whether or not the standby
+ * is still connected, see persist_cursor()); then the journal can fold, and
+ * the standby will be seeded again when it returns.
  * After a disconnect or a journal server restart the standby resumes from
  * the position its hello names; nothing is sent twice on purpose, and a
  * segment sent twice is applied idempotently by the standby.
@@ -55,6 +57,7 @@ struct rstream {
 	unsigned head;			/* guarded by mu */
 	int64_t acked_t;		/* guarded by mu: time of the acked seq's segment */
 	uint64_t persisted;		/* replay thread: cursor as last written */
+	int64_t persisted_at;		/* replay thread: wall time of that write */
 	/* set by the hello (cq thread, before the replay thread starts) */
 	uint64_t plan_id;
 	char plan_name[CDP_JOURNAL_NAME_MAX + 1];
@@ -198,23 +201,33 @@ static int seed(struct rstream *s, uint64_t *next, struct cdp_err *err)
 	return rc;
 }
 
-/* Moves the standby's cursor to its acked seq (replay thread: a synced write). */
-static void persist_cursor(struct rstream *s)
+/*
+ * Moves the standby's cursor to its acked seq (replay thread: a synced write).
+ * The cursor pins history while the standby lags by no more than max_lag: the
+ * journal measures that from the acked segment's time, or, for a standby that
+ * has everything (@caught_up and nothing in flight), from now; so a connected
+ * standby of an idle plan is refreshed every max_lag / 4 and keeps its pin,
+ * and one that went away loses it max_lag after it was last current.
+ */
+static void persist_cursor(struct rstream *s, bool caught_up)
 {
+	int64_t now = cdp_clock_wall_ns(s->d->clock), t;
 	uint64_t acked;
-	int64_t t;
-	bool pin;
 
 	pthread_mutex_lock(&s->mu);
 	acked = s->acked;
 	t = s->acked_t;
+	caught_up = caught_up && !s->inflight;
 	pthread_mutex_unlock(&s->mu);
-	if (acked == s->persisted)
+	if (acked == s->persisted && !(caught_up && now - s->persisted_at >= s->max_lag / 4))
 		return;
-	/* History stays pinned for a standby no further behind than max_lag. */
-	pin = !t || cdp_clock_wall_ns(s->d->clock) - t <= s->max_lag;
-	if (cdp_journal_cursor_set(s->d->j, s->plan_id, s->cursor, acked, pin, NULL) == 0)
+	if (caught_up || !t)
+		t = now;
+	if (cdp_journal_cursor_set_lag(s->d->j, s->plan_id, s->cursor, acked, t, s->max_lag,
+				       NULL) == 0) {
 		s->persisted = acked;
+		s->persisted_at = now;
+	}
 }
 
 static void *replay_main(void *p)
@@ -240,11 +253,12 @@ static void *replay_main(void *p)
 				break;
 			}
 		}
-		persist_cursor(s);
+		persist_cursor(s, false);
 		if (!wait_window(s))
 			break;
 		rc = cdp_journal_iter_next(it, &seg, &h, &err);
 		if (rc == 0) {
+			persist_cursor(s, true);
 			idle(s);	/* caught up: look again soon */
 			continue;
 		}
@@ -269,7 +283,7 @@ static void *replay_main(void *p)
 			rc = rs_send(s, &m, &err);
 		}
 	}
-	persist_cursor(s);
+	persist_cursor(s, false);
 	cdp_journal_iter_free(it);
 	cdp_buf_release(&seg);
 	if (rc && !rs_done(s)) {

@@ -1985,10 +1985,27 @@ static int cursor_key(uint8_t *k, size_t *klen, uint64_t plan, const char *name,
 	return 0;
 }
 
-int cdp_journal_cursor_set(struct cdp_journal *j, uint64_t plan_id, const char *name,
-			   uint64_t seq, bool pinning, struct cdp_err *err)
+/* Cursor record: seq, pinning, and for lag-bounded pins the seq's time and the lag. */
+#define CURSOR_V1_LEN 9
+#define CURSOR_V2_LEN 25
+
+bool jcursor_pins(const uint8_t *v, size_t len, int64_t now)
 {
-	uint8_t k[9 + CDP_JOURNAL_CURSOR_MAX], v[9];
+	int64_t t, lag;
+
+	if ((len != CURSOR_V1_LEN && len != CURSOR_V2_LEN) || !v[8])
+		return false;
+	if (len == CURSOR_V1_LEN)
+		return true;
+	t = (int64_t)cdp_get_le64(v + 9);
+	lag = (int64_t)cdp_get_le64(v + 17);
+	return lag <= 0 || now - t <= lag;
+}
+
+static int cursor_put(struct cdp_journal *j, uint64_t plan_id, const char *name, uint64_t seq,
+		      bool pinning, int64_t seq_time, int64_t max_lag, struct cdp_err *err)
+{
+	uint8_t k[9 + CDP_JOURNAL_CURSOR_MAX], v[CURSOR_V2_LEN];
 	rocksdb_writebatch_t *wb;
 	struct jplan *p;
 	uint64_t durable;
@@ -2011,12 +2028,30 @@ int cdp_journal_cursor_set(struct cdp_journal *j, uint64_t plan_id, const char *
 	}
 	cdp_put_le64(v, seq);
 	v[8] = pinning;
+	cdp_put_le64(v + 9, (uint64_t)seq_time);
+	cdp_put_le64(v + 17, (uint64_t)max_lag);
 	wb = rocksdb_writebatch_create();
 	rocksdb_writebatch_put_cf(wb, j->cf_meta, (char *)k, klen, (char *)v, sizeof(v));
 	rc = jdb_write(j, wb, err);
 	rocksdb_writebatch_destroy(wb);
 	jplan_put(j, p);
 	return rc;
+}
+
+int cdp_journal_cursor_set(struct cdp_journal *j, uint64_t plan_id, const char *name,
+			   uint64_t seq, bool pinning, struct cdp_err *err)
+{
+	return cursor_put(j, plan_id, name, seq, pinning, 0, 0, err);
+}
+
+int cdp_journal_cursor_set_lag(struct cdp_journal *j, uint64_t plan_id, const char *name,
+			       uint64_t seq, int64_t seq_time_ns, int64_t max_lag_ns,
+			       struct cdp_err *err)
+{
+	if (max_lag_ns <= 0)
+		return cdp_err_set(err, -EINVAL, "cursor %s: max_lag %" PRId64 " ns, expected > 0",
+				   name, max_lag_ns);
+	return cursor_put(j, plan_id, name, seq, true, seq_time_ns, max_lag_ns, err);
 }
 
 int cdp_journal_cursor_get(struct cdp_journal *j, uint64_t plan_id, const char *name,
@@ -2034,12 +2069,12 @@ int cdp_journal_cursor_get(struct cdp_journal *j, uint64_t plan_id, const char *
 	rc = jdb_get(j, j->cf_meta, k, klen, &v, &found, err);
 	if (!rc && !found)
 		rc = cdp_err_set(err, -ENOENT, "plan %" PRIu64 ": no cursor '%s'", plan_id, name);
-	if (!rc && v.len != 9)
+	if (!rc && v.len != CURSOR_V1_LEN && v.len != CURSOR_V2_LEN)
 		rc = cdp_err_set(err, -EIO, "cursor %s: record of %zu bytes", name, v.len);
 	if (!rc) {
 		*seq = cdp_get_le64(v.data);
 		if (pinning)
-			*pinning = v.data[8];
+			*pinning = jcursor_pins(v.data, v.len, cdp_clock_wall_ns(j->clock));
 	}
 	cdp_buf_release(&v);
 	return rc;

@@ -214,6 +214,17 @@ int cdp_journal_resume_info(struct cdp_journal *j, uint64_t plan_id,
  */
 int cdp_journal_cursor_set(struct cdp_journal *j, uint64_t plan_id, const char *name,
 			   uint64_t seq, bool pinning, struct cdp_err *err);
+/*
+ * A pinning cursor that stops pinning once it lags: it holds the horizon only
+ * while now - @seq_time_ns <= @max_lag_ns (the journal's clock, checked each
+ * time folding looks at pins), where @seq_time_ns is the time of the segment
+ * holding @seq. A standby's cursor: history waits for a standby a little
+ * behind, not for one that went away (it is seeded again when it returns).
+ */
+int cdp_journal_cursor_set_lag(struct cdp_journal *j, uint64_t plan_id, const char *name,
+			       uint64_t seq, int64_t seq_time_ns, int64_t max_lag_ns,
+			       struct cdp_err *err);
+/* *@pinning: whether it pins now (false for a lag-bounded cursor past its lag). */
 int cdp_journal_cursor_get(struct cdp_journal *j, uint64_t plan_id, const char *name,
 			   uint64_t *seq, bool *pinning, struct cdp_err *err);
 int cdp_journal_cursor_delete(struct cdp_journal *j, uint64_t plan_id, const char *name,

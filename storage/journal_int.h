@@ -249,6 +249,8 @@ int jpin_add(struct cdp_journal *j, struct jplan *p, struct jpin *pin, uint64_t 
 	     const char *what);
 void jpin_remove(struct cdp_journal *j, struct jplan *p, struct jpin *pin);
 /* The lowest seq the horizon may reach and what holds it (mu held). */
+/* Whether a cursor record pins history at wall time @now (lag-bounded ones expire). */
+bool jcursor_pins(const uint8_t *v, size_t len, int64_t now);
 uint64_t jpin_limit_locked(struct cdp_journal *j, struct jplan *p, char *why, size_t why_size);
 /* Same, reading pinning cursors from the index (no lock held). */
 uint64_t jpin_limit(struct cdp_journal *j, struct jplan *p, char *why, size_t why_size);

@@ -74,6 +74,7 @@ uint64_t jpin_limit(struct cdp_journal *j, struct jplan *p, char *why, size_t wh
 	size_t sl;
 	rocksdb_iterator_t *it;
 	uint64_t limit = UINT64_MAX, plan = p->conf.plan_id;
+	int64_t now = cdp_clock_wall_ns(j->clock);
 
 	if (why && why_size)
 		why[0] = '\0';
@@ -86,7 +87,7 @@ uint64_t jpin_limit(struct cdp_journal *j, struct jplan *p, char *why, size_t wh
 		const char *k = rocksdb_iter_key(it, &kl), *v = rocksdb_iter_value(it, &vl);
 		uint64_t seq;
 
-		if (vl != 9 || !v[8] || kl <= 9)
+		if (kl <= 9 || !jcursor_pins((const uint8_t *)v, vl, now))
 			continue;
 		seq = cdp_get_le64((const uint8_t *)v);
 		if (seq < limit) {

@@ -423,6 +423,61 @@ static void test_retention_folds_old_history(void **state)
 	jt_check_restore(f->j, 7, last, f->out, f->w.model);
 }
 
+/* A standby's lag-bounded cursor holds retention back, until it lags too far. */
+static void test_lag_bounded_cursor_expires(void **state)
+{
+	struct fixture *f = *state;
+	struct cdp_journal_stats st;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_clock clk;
+	struct cdp_journal_opts o = { 0 };
+	uint64_t last = 0, at = 0, seq;
+	bool pin;
+	int rc;
+
+	cdp_journal_close(f->j);
+	cdp_clock_fake_init(&clk, f->w.t, 0);
+	o.clock = &clk;
+	o.extent_max_bytes = 1u << 20;
+	o.no_verifier = true;
+	f->j = jt_open(f->dir, &o);
+	f->plan.retention_ns = 10 * CDP_NS_PER_SEC;
+	assert_int_equal(cdp_journal_plan_update(f->j, &f->plan, NULL, 0, &err), 0);
+	full_sync(&f->w);
+	for (int i = 0; i < 20; i++) {
+		jt_write(&f->w, 0, (uint64_t)i * 4096, 4096);
+		last = jt_seal(&f->w, true);
+		jt_append_ok(f->j, &f->w);
+		if (i == 2)
+			at = last;
+		f->w.t += CDP_NS_PER_SEC;
+	}
+	rc = cdp_journal_cursor_set_lag(f->j, 7, "standby:s1", at, cdp_clock_wall_ns(&clk), 0,
+					&err);
+	assert_err(&err, rc, -EINVAL, "max_lag 0");
+	assert_int_equal(cdp_journal_cursor_set_lag(f->j, 7, "standby:s1", at,
+						    cdp_clock_wall_ns(&clk),
+						    60 * CDP_NS_PER_SEC, &err), 0);
+	/* Past retention, but the standby is 15 s behind: pinned. Also across a reopen. */
+	cdp_clock_fake_advance(&clk, 15 * CDP_NS_PER_SEC);
+	cdp_journal_close(f->j);
+	f->j = jt_open(f->dir, &o);
+	assert_int_equal(cdp_journal_fold(f->j, 7, &err), 0);
+	assert_int_equal(cdp_journal_stats(f->j, 7, &st, &err), 0);
+	assert_true(st.horizon_seq <= at);
+	assert_int_equal(cdp_journal_cursor_get(f->j, 7, "standby:s1", &seq, &pin, &err), 0);
+	assert_int_equal(seq, at);
+	assert_true(pin);
+	/* 61 s behind: released, and retention folds past it. */
+	cdp_clock_fake_advance(&clk, 46 * CDP_NS_PER_SEC);
+	assert_int_equal(cdp_journal_cursor_get(f->j, 7, "standby:s1", &seq, &pin, &err), 0);
+	assert_false(pin);
+	assert_int_equal(cdp_journal_fold(f->j, 7, &err), 0);
+	assert_int_equal(cdp_journal_stats(f->j, 7, &st, &err), 0);
+	assert_true(st.horizon_seq > at);
+	jt_check_restore(f->j, 7, last, f->out, f->w.model);
+}
+
 static void test_journal_full_while_pinned(void **state)
 {
 	struct fixture *f = *state;
@@ -782,6 +837,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_cursors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fold_then_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_retention_folds_old_history, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lag_bounded_cursor_expires, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_journal_full_while_pinned, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_iterator_follows_the_tail, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_seed_reader_gives_the_base_image, setup,
