@@ -256,7 +256,8 @@ static void handle_hello(struct jd_stream *s, const Cdp__V1__CaptureHello *h)
 		cdp_err_set(&err, -ESTALE, "hello: plan %s is paused", pb->name);
 		goto fail;
 	}
-	if (h->epoch != pb->epoch) {
+	/* Epoch 0: an agent without state (first start) takes the plan's epoch. */
+	if (h->epoch && h->epoch != pb->epoch) {
 		cdp_err_set(&err, -ESTALE, "hello: %s epoch %" PRIu64 ", plan %s is at epoch %"
 			    PRIu64, h->epoch < pb->epoch ? "stale" : "unknown", h->epoch, pb->name,
 			    pb->epoch);

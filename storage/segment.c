@@ -404,6 +404,27 @@ void cdp_seg_enc_set_sync_active(struct cdp_seg_enc *enc, bool active)
 	enc->sync_active = active;
 }
 
+bool cdp_seg_enc_sync_active(const struct cdp_seg_enc *enc)
+{
+	return enc->sync_active;
+}
+
+void cdp_seg_enc_restart(struct cdp_seg_enc *enc, uint64_t first_seq, bool sync_active,
+			 int64_t t_min)
+{
+	enc->first_seq = first_seq;
+	enc->nrecords = 0;
+	enc->has_mark = enc->has_sync = false;
+	enc->sync_active = sync_active;
+	enc->t_prev = t_min;
+	cdp_buf_reset(&enc->raw);
+}
+
+void cdp_seg_enc_set_prev(struct cdp_seg_enc *enc, const uint8_t prev[CDP_DIGEST_LEN])
+{
+	memcpy(enc->prev, prev, CDP_DIGEST_LEN);
+}
+
 void cdp_seg_enc_free(struct cdp_seg_enc *enc)
 {
 	if (!enc)

@@ -185,6 +185,19 @@ void cdp_seg_enc_free(struct cdp_seg_enc *enc);
  */
 void cdp_seg_enc_set_sync_active(struct cdp_seg_enc *enc, bool active);
 
+bool cdp_seg_enc_sync_active(const struct cdp_seg_enc *enc);
+
+/*
+ * For writers that seal on another thread (the agent: the application never
+ * waits for the compressor): restart an encoder, keeping its buffers and
+ * contexts, as an empty segment at @first_seq with the given sync state and
+ * records no older than @t_min; and, on the sealing thread, set the digest
+ * it chains from (the previous segment's) just before cdp_seg_enc_seal().
+ */
+void cdp_seg_enc_restart(struct cdp_seg_enc *enc, uint64_t first_seq, bool sync_active,
+			 int64_t t_min);
+void cdp_seg_enc_set_prev(struct cdp_seg_enc *enc, const uint8_t prev[CDP_DIGEST_LEN]);
+
 /*
  * Appends @rec (copied, payload included). rec->seq must be the next seq,
  * time must not go backwards, kind/flags/length must be valid, and rec->crc32c

@@ -1,0 +1,898 @@
+/*
+ * cdp-agent - the source side: serves each protected volume over NBD
+ * through the splitter, and streams the captured segments to cdp-journald.
+ *
+ *	cdp-agent [--config FILE] [--set section.key=value]... [--debug MODULES]
+ *		  [--help-config]
+ *
+ * Threads: the NBD server's (capture/nbd), the splitter's I/O and seal
+ * threads, "tick" (point interval; settles the activity log), "link" (dials
+ * cdp-journald, says hello, resends what the journal lacks from the log
+ * cache, then sends new segments in place), "link/rx" (acks, commands,
+ * notices; a stream without an ack for ack_timeout while segments are
+ * outstanding counts as a cut link: a blackholed link never closes), and
+ * "sync" (full sync and resyncs). The main thread waits on a signalfd:
+ * SIGTERM/SIGINT stop cleanly (NBD first, then drain what the link allows
+ * within stop_timeout, persist the bitmap); SIGHUP is logged (reload later).
+ *
+ * Start-up: the activity log's recovered extents (an unclean stop) are
+ * marked dirty in the bitmap first; capture runs INCREMENTAL until the first
+ * welcome says where the journal's chain stands; then a full sync when the
+ * journal holds nothing of the plan or its full sync is unfinished (resuming
+ * from the journal's checkpoint), else a resync of the dirty blocks, and
+ * continuous capture from then on.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "capture/cache.h"
+#include "capture/nbd.h"
+#include "capture/splitter.h"
+#include "cdp/v1/capture.pb-c.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "proto/rpc.h"
+#include "proto/wire.h"
+#include "storage/actlog.h"
+#include "storage/dirtymap.h"
+
+#define MAX_VOLUMES 4
+#define CAPTURE_METHOD "/cdp.v1.Capture/Stream"
+
+struct agent_conf {
+	char *id, *plan, *server, *state_dir;
+	char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
+	char *vol_name[MAX_VOLUMES], *vol_path[MAX_VOLUMES], *vol_nbd[MAX_VOLUMES];
+	int64_t point_interval, link_down_limit, ack_timeout, reconnect_min, reconnect_max;
+	int64_t stop_timeout;
+	uint64_t cache_size, extent_size, bitmap_granularity, max_request;
+	uint64_t sync_rate;	/* bit/s */
+	int64_t max_active, io_threads;
+};
+
+#define VOL_OPTS(n)                                                                         \
+	{ "volume" #n, "name", CDP_CONF_STRING_AT(struct agent_conf, vol_name[n]),         \
+	  .flags = CDP_CONF_F_RESTART, .help = "Volume " #n ": its name in the plan." },    \
+	{ "volume" #n, "path", CDP_CONF_STRING_AT(struct agent_conf, vol_path[n]),         \
+	  .flags = CDP_CONF_F_RESTART,                                                      \
+	  .help = "Volume " #n ": the source file or block device." },                     \
+	{ "volume" #n, "nbd", CDP_CONF_STRING_AT(struct agent_conf, vol_nbd[n]),           \
+	  .flags = CDP_CONF_F_RESTART,                                                      \
+	  .help = "Volume " #n ": NBD address the application's block device uses: "       \
+	  "unix:PATH or HOST:PORT." }
+
+static const struct cdp_conf_option options[] = {
+	{ "agent", "id", CDP_CONF_STRING_AT(struct agent_conf, id), .def = "agent",
+	  .flags = CDP_CONF_F_RESTART, .help = "This agent's identity (the plan's agent_id; "
+	  "with TLS, its certificate's common name)." },
+	{ "agent", "plan", CDP_CONF_STRING_AT(struct agent_conf, plan), .flags = CDP_CONF_F_RESTART,
+	  .help = "The plan this agent captures for." },
+	{ "agent", "state_dir", CDP_CONF_STRING_AT(struct agent_conf, state_dir),
+	  .def = "cdp-agent-state", .flags = CDP_CONF_F_RESTART,
+	  .help = "Directory of the activity log and the dirty bitmap." },
+	{ "server", "address", CDP_CONF_STRING_AT(struct agent_conf, server),
+	  .def = "unix:cdp-state/journald.sock", .flags = CDP_CONF_F_RESTART,
+	  .help = "cdp-journald's address: unix:PATH or HOST:PORT." },
+	{ "tls", "ca", CDP_CONF_STRING_AT(struct agent_conf, tls_ca), .flags = CDP_CONF_F_RESTART,
+	  .help = "CA certificate (PEM); with cert and key: mutual TLS." },
+	{ "tls", "cert", CDP_CONF_STRING_AT(struct agent_conf, tls_cert),
+	  .flags = CDP_CONF_F_RESTART, .help = "This agent's certificate (PEM)." },
+	{ "tls", "key", CDP_CONF_STRING_AT(struct agent_conf, tls_key),
+	  .flags = CDP_CONF_F_RESTART, .help = "This agent's private key (PEM)." },
+	{ "tls", "server_name", CDP_CONF_STRING_AT(struct agent_conf, tls_server_name),
+	  .flags = CDP_CONF_F_RESTART, .help = "Name the server certificate must carry "
+	  "(default: the address's host)." },
+	{ "capture", "point_interval", CDP_CONF_DURATION_AT(struct agent_conf, point_interval),
+	  .def = "1s", .min = 100 * CDP_CONF_MSEC, .max = CDP_CONF_MINUTE,
+	  .flags = CDP_CONF_F_RESTART, .help = "A recovery point at least this often." },
+	{ "capture", "max_request", CDP_CONF_SIZE_AT(struct agent_conf, max_request),
+	  .def = "1MiB", .min = 4096, .max = 2 * CDP_CONF_MIB, .flags = CDP_CONF_F_RESTART,
+	  .help = "Largest NBD read or write accepted." },
+	{ "capture", "io_threads", CDP_CONF_INT_AT(struct agent_conf, io_threads), .def = "4",
+	  .min = 1, .max = 64, .flags = CDP_CONF_F_RESTART,
+	  .help = "Threads doing source I/O." },
+	{ "cache", "size", CDP_CONF_SIZE_AT(struct agent_conf, cache_size), .def = "256MiB",
+	  .min = 4 * CDP_CONF_MIB, .max = 64 * CDP_CONF_GIB, .flags = CDP_CONF_F_RESTART,
+	  .help = "Memory for segments the journal server has not acknowledged; when full, "
+	  "the agent goes to incremental mode." },
+	{ "actlog", "extent_size", CDP_CONF_SIZE_AT(struct agent_conf, extent_size),
+	  .def = "4MiB", .min = 64 * CDP_CONF_KIB, .max = CDP_CONF_GIB,
+	  .flags = CDP_CONF_F_RESTART, .help = "Activity log extent (a power of two)." },
+	{ "actlog", "max_active", CDP_CONF_INT_AT(struct agent_conf, max_active), .def = "1024",
+	  .min = 16, .max = 65536, .flags = CDP_CONF_F_RESTART,
+	  .help = "Extents the activity log keeps active." },
+	{ "bitmap", "granularity", CDP_CONF_SIZE_AT(struct agent_conf, bitmap_granularity),
+	  .def = "64KiB", .min = 4 * CDP_CONF_KIB, .max = 64 * CDP_CONF_KIB,
+	  .flags = CDP_CONF_F_RESTART, .help = "Bytes per dirty bit (a power of two)." },
+	{ "link", "down_limit", CDP_CONF_DURATION_AT(struct agent_conf, link_down_limit),
+	  .def = "2min", .min = CDP_CONF_SEC, .max = CDP_CONF_DAY,
+	  .help = "A link down longer than this sends the agent to incremental mode." },
+	{ "link", "ack_timeout", CDP_CONF_DURATION_AT(struct agent_conf, ack_timeout),
+	  .def = "30s", .min = 100 * CDP_CONF_MSEC, .max = CDP_CONF_HOUR,
+	  .help = "No ack for this long while segments are outstanding: the link is cut." },
+	{ "link", "reconnect_min", CDP_CONF_DURATION_AT(struct agent_conf, reconnect_min),
+	  .def = "200ms", .min = CDP_CONF_MSEC, .max = CDP_CONF_MINUTE,
+	  .help = "First wait before dialing again." },
+	{ "link", "reconnect_max", CDP_CONF_DURATION_AT(struct agent_conf, reconnect_max),
+	  .def = "5s", .min = CDP_CONF_MSEC, .max = CDP_CONF_HOUR,
+	  .help = "Longest wait between dials (doubling from reconnect_min)." },
+	{ "link", "stop_timeout", CDP_CONF_DURATION_AT(struct agent_conf, stop_timeout),
+	  .def = "10s", .min = 0, .max = CDP_CONF_HOUR,
+	  .help = "At SIGTERM, how long to wait for the journal to acknowledge what is cached." },
+	{ "sync", "rate", CDP_CONF_RATE_AT(struct agent_conf, sync_rate), .def = "300Mbit",
+	  .flags = CDP_CONF_F_ZERO_OFF, .help = "Cap on sync reads (0: unlimited)." },
+	VOL_OPTS(0), VOL_OPTS(1), VOL_OPTS(2), VOL_OPTS(3),
+};
+
+static const struct cdp_conf_table table = CDP_CONF_TABLE("cdp-agent", options, struct agent_conf);
+
+struct agent {
+	struct agent_conf cfg;
+	unsigned nvol;
+	const char *names[MAX_VOLUMES], *paths[MAX_VOLUMES];
+	uint64_t sizes[MAX_VOLUMES];
+	struct cdp_actlog *al;
+	struct cdp_dirtymap *dm;
+	struct cdp_cache *cache;
+	struct cdp_splitter *sp;
+	struct cdp_nbd_server *nbd[MAX_VOLUMES];
+	struct cdp_rpc_channel *ch;
+	_Atomic bool stop;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	/* guarded by mu */
+	uint64_t epoch, plan_id;
+	bool started;		/* the chain continues (first welcome seen) */
+	bool want_sync;		/* a sync should run */
+	uint32_t sync_kind;
+	unsigned sync_volume;
+	uint64_t sync_offset;
+	bool syncing;
+	bool link_up;
+	int64_t down_since;	/* mono ns, 0 while up */
+	uint64_t sent_pos;	/* cache position sent on the current stream */
+	uint64_t sent_hi;	/* highest record seq sent on it */
+	uint64_t durable;	/* highest acked seq */
+	int64_t last_progress;	/* mono ns of the last ack (or stream start) */
+	pthread_t tick, link, sync;
+};
+
+static int64_t mono(void)
+{
+	return cdp_clock_mono_ns(cdp_clock_real());
+}
+
+/* Waits on a->cond until @until (mono ns) or a stop; the daemon's timer waits. */
+static void wait_until(struct agent *a, int64_t until)
+{
+	struct timespec ts;
+
+	ts.tv_sec = until / CDP_NS_PER_SEC;
+	ts.tv_nsec = until % CDP_NS_PER_SEC;
+	pthread_mutex_lock(&a->mu);
+	if (!atomic_load(&a->stop))
+		pthread_cond_timedwait(&a->cond, &a->mu, &ts);
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void *tick_main(void *arg)
+{
+	struct agent *a = arg;
+	int64_t step = a->cfg.point_interval / 4;
+
+	while (!atomic_load(&a->stop)) {
+		int64_t now = mono();
+		bool go_incr = false;
+
+		cdp_splitter_tick(a->sp);
+		pthread_mutex_lock(&a->mu);
+		if (!a->link_up && a->down_since && now - a->down_since > a->cfg.link_down_limit &&
+		    cdp_splitter_mode(a->sp) == CDP_SPLIT_CONTINUOUS)
+			go_incr = true;
+		pthread_mutex_unlock(&a->mu);
+		if (go_incr) {
+			struct cdp_err err = CDP_ERR_INIT;
+
+			if (cdp_splitter_go_incremental(a->sp, "link down longer than "
+							"link.down_limit", &err))
+				cdp_log_err("agent: %s", err.msg);
+		}
+		wait_until(a, now + step);
+	}
+	return NULL;
+}
+
+/* ---- sync thread ------------------------------------------------------------- */
+
+static void *sync_main(void *arg)
+{
+	struct agent *a = arg;
+
+	while (!atomic_load(&a->stop)) {
+		struct cdp_err err = CDP_ERR_INIT;
+		uint32_t kind;
+		unsigned vol;
+		uint64_t off;
+		int rc;
+
+		pthread_mutex_lock(&a->mu);
+		while (!atomic_load(&a->stop) && !(a->want_sync && a->link_up && a->started))
+			pthread_cond_wait(&a->cond, &a->mu);
+		kind = a->sync_kind;
+		vol = a->sync_volume;
+		off = a->sync_offset;
+		a->want_sync = false;
+		a->syncing = true;
+		pthread_mutex_unlock(&a->mu);
+		if (atomic_load(&a->stop))
+			break;
+		cdp_log_info("agent: %s sync starts (volume %u, offset %" PRIu64 ")",
+			     kind == CDP_SYNC_FULL ? "full" : "incremental", vol, off);
+		rc = cdp_splitter_resync(a->sp, kind, vol, off, &a->stop, a->cfg.sync_rate / 8,
+					 &err);
+		pthread_mutex_lock(&a->mu);
+		a->syncing = false;
+		if (rc && !atomic_load(&a->stop)) {
+			cdp_log_warn("agent: sync: %s", err.msg);
+			/* Interrupted: the next welcome decides what to do again. */
+		}
+		pthread_cond_broadcast(&a->cond);
+		pthread_mutex_unlock(&a->mu);
+		if (!rc)
+			cdp_log_info("agent: sync done");
+	}
+	return NULL;
+}
+
+/* ---- the link ------------------------------------------------------------ */
+
+static int send_hello(struct agent *a, struct cdp_rpc_stream *st, struct cdp_err *err)
+{
+	Cdp__V1__CaptureUp up = CDP__V1__CAPTURE_UP__INIT;
+	Cdp__V1__CaptureHello h = CDP__V1__CAPTURE_HELLO__INIT;
+	Cdp__V1__Volume vols[MAX_VOLUMES], *vp[MAX_VOLUMES];
+	struct cdp_cache_stats cst;
+	uint8_t *buf;
+	size_t len;
+	int rc;
+
+	cdp_cache_stats(a->cache, &cst);
+	h.plan = a->cfg.plan;
+	h.agent_id = a->cfg.id;
+	pthread_mutex_lock(&a->mu);
+	h.epoch = a->epoch;
+	h.acked_seq = a->durable;
+	pthread_mutex_unlock(&a->mu);
+	h.mode = cdp_splitter_mode(a->sp) == CDP_SPLIT_CONTINUOUS ?
+		 CDP__V1__CAPTURE_MODE__CAPTURE_MODE_CONTINUOUS :
+		 CDP__V1__CAPTURE_MODE__CAPTURE_MODE_INCREMENTAL;
+	h.cache_first_seq = cst.first_seq;
+	for (unsigned i = 0; i < a->nvol; i++) {
+		cdp__v1__volume__init(&vols[i]);
+		vols[i].id = i;
+		vols[i].name = (char *)a->names[i];
+		vols[i].size = a->sizes[i];
+		vp[i] = &vols[i];
+	}
+	h.volumes = vp;
+	h.n_volumes = a->nvol;
+	up.msg_case = CDP__V1__CAPTURE_UP__MSG_HELLO;
+	up.hello = &h;
+	len = cdp__v1__capture_up__get_packed_size(&up);
+	buf = cdp_xmalloc(len);
+	cdp__v1__capture_up__pack(&up, buf);
+	rc = cdp_rpc_stream_send(st, buf, len, a->cfg.ack_timeout, err);
+	free(buf);
+	return rc;
+}
+
+/* What the journal's welcome means for capture: resend, continue, sync. */
+static void on_welcome(struct agent *a, const Cdp__V1__CaptureWelcome *w)
+{
+	struct cdp_cache_stats cst;
+	bool resume_cache, full_unfinished, first;
+	uint8_t digest[CDP_DIGEST_LEN] = { 0 };
+
+	if (w->digest.len == CDP_DIGEST_LEN)
+		memcpy(digest, w->digest.data, CDP_DIGEST_LEN);
+	cdp_cache_stats(a->cache, &cst);
+	pthread_mutex_lock(&a->mu);
+	first = !a->started;
+	a->epoch = w->epoch;
+	a->plan_id = w->plan_id;
+	a->durable = w->durable_seq;
+	/* The cache holds everything after the journal's durable seq? */
+	resume_cache = a->started && cdp_splitter_mode(a->sp) == CDP_SPLIT_CONTINUOUS &&
+		       (!cst.first_seq || cst.first_seq <= w->durable_seq + 1);
+	pthread_mutex_unlock(&a->mu);
+	cdp_splitter_acked(a->sp, w->durable_seq);
+	if (!resume_cache) {
+		struct cdp_err err = CDP_ERR_INIT;
+
+		/* What the cache held after the journal's position is lost to it: dirty. */
+		if (!first && cdp_splitter_go_incremental(a->sp, "the cache does not cover the "
+							  "journal's gap", &err))
+			cdp_log_err("agent: %s", err.msg);
+		cdp_splitter_continue(a->sp, w->plan_id, w->epoch, w->durable_seq, digest,
+				      w->last_time_ns);
+	}
+	full_unfinished = w->has_checkpoint && w->checkpoint && w->checkpoint->kind == CDP_SYNC_FULL;
+	pthread_mutex_lock(&a->mu);
+	a->started = true;
+	if (!a->syncing) {
+		if (w->durable_seq == 0 || full_unfinished) {
+			a->want_sync = true;
+			a->sync_kind = CDP_SYNC_FULL;
+			a->sync_volume = full_unfinished ? w->checkpoint->volume : 0;
+			a->sync_offset = full_unfinished ? w->checkpoint->offset : 0;
+		} else if (cdp_splitter_mode(a->sp) == CDP_SPLIT_INCREMENTAL) {
+			a->want_sync = true;
+			a->sync_kind = CDP_SYNC_INCREMENTAL;
+			a->sync_volume = 0;
+			a->sync_offset = 0;
+		}
+	}
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->mu);
+	cdp_log_info("agent: plan %s: journal durable at seq %" PRIu64 "%s", a->cfg.plan,
+		     w->durable_seq, resume_cache ? ", resending from the cache" : "");
+}
+
+static void on_command(struct agent *a, const Cdp__V1__Command *c)
+{
+	struct cdp_err err = CDP_ERR_INIT;
+
+	switch (c->cmd_case) {
+	case CDP__V1__COMMAND__CMD_BOOKMARK:
+		if (c->bookmark && cdp_splitter_mark(a->sp, c->bookmark->name, &err))
+			cdp_log_warn("agent: bookmark: %s", err.msg);
+		break;
+	case CDP__V1__COMMAND__CMD_RESYNC:
+		if (!c->resync)
+			break;
+		for (size_t i = 0; i < c->resync->n_ranges; i++) {
+			const Cdp__V1__Range *r = c->resync->ranges[i];
+
+			if (r->volume < a->nvol)
+				cdp_dirtymap_set(a->dm, r->volume, r->offset, r->length);
+		}
+		cdp_log_warn("agent: journal asks for a resync of %zu ranges: %s",
+			     c->resync->n_ranges, c->resync->reason);
+		if (cdp_splitter_go_incremental(a->sp, "resync requested", &err))
+			cdp_log_err("agent: %s", err.msg);
+		pthread_mutex_lock(&a->mu);
+		if (!a->syncing) {
+			a->want_sync = true;
+			a->sync_kind = CDP_SYNC_INCREMENTAL;
+			a->sync_volume = 0;
+			a->sync_offset = 0;
+		}
+		pthread_cond_broadcast(&a->cond);
+		pthread_mutex_unlock(&a->mu);
+		break;
+	case CDP__V1__COMMAND__CMD_FULL_SYNC:
+		pthread_mutex_lock(&a->mu);
+		if (!a->syncing) {
+			a->want_sync = true;
+			a->sync_kind = CDP_SYNC_FULL;
+			a->sync_volume = 0;
+			a->sync_offset = 0;
+		}
+		pthread_cond_broadcast(&a->cond);
+		pthread_mutex_unlock(&a->mu);
+		break;
+	default:
+		cdp_log_debug("agent", "command %d not handled yet", (int)c->cmd_case);
+		break;
+	}
+}
+
+struct rx {
+	struct agent *a;
+	struct cdp_rpc_stream *st;
+	_Atomic bool dead;
+	bool welcomed;
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+};
+
+static void *rx_main(void *arg)
+{
+	struct rx *x = arg;
+	struct agent *a = x->a;
+	struct cdp_buf in = CDP_BUF_INIT;
+	struct cdp_err err = CDP_ERR_INIT;
+
+	while (!atomic_load(&x->dead) && !atomic_load(&a->stop)) {
+		Cdp__V1__CaptureDown *d;
+		int rc = cdp_rpc_stream_recv(x->st, &in, 100 * CDP_NS_PER_MS, &err);
+
+		if (rc == -ETIMEDOUT) {
+			int64_t now = mono();
+			bool stalled;
+
+			pthread_mutex_lock(&a->mu);
+			/* Waiting for a welcome, or for an ack of records sent. */
+			stalled = now - a->last_progress > a->cfg.ack_timeout &&
+				  (!x->welcomed || a->sent_hi > a->durable);
+			pthread_mutex_unlock(&a->mu);
+			if (stalled) {
+				cdp_log_warn("agent: no answer from %s for %" PRId64 " ms: link cut",
+					     a->cfg.server, a->cfg.ack_timeout / CDP_NS_PER_MS);
+				break;
+			}
+			continue;
+		}
+		if (rc <= 0) {
+			if (rc < 0)
+				cdp_log_warn("agent: link: %s", err.msg);
+			break;
+		}
+		d = cdp__v1__capture_down__unpack(NULL, in.len, in.data);
+		if (!d) {
+			cdp_log_warn("agent: link: unreadable message from the journal server");
+			break;
+		}
+		pthread_mutex_lock(&a->mu);
+		a->last_progress = mono();
+		pthread_mutex_unlock(&a->mu);
+		if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_WELCOME && d->welcome) {
+			on_welcome(a, d->welcome);
+			pthread_mutex_lock(&x->mu);
+			x->welcomed = true;
+			pthread_cond_broadcast(&x->cond);
+			pthread_mutex_unlock(&x->mu);
+		} else if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_ACK && d->ack) {
+			pthread_mutex_lock(&a->mu);
+			a->durable = CDP_MAX(a->durable, d->ack->durable_seq);
+			pthread_mutex_unlock(&a->mu);
+			cdp_splitter_acked(a->sp, d->ack->durable_seq);
+		} else if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_COMMAND && d->command) {
+			on_command(a, d->command);
+		} else if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_NOTICE && d->notice) {
+			cdp_log_warn("agent: journal server: %s", d->notice->text);
+			if (d->notice->kind == CDP__V1__NOTICE__KIND__KIND_JOURNAL_FULL &&
+			    cdp_splitter_go_incremental(a->sp, "journal full", &err))
+				cdp_log_err("agent: %s", err.msg);
+		}
+		cdp__v1__capture_down__free_unpacked(d, NULL);
+	}
+	{
+		enum cdp_rpc_code code;
+		struct cdp_err e2 = CDP_ERR_INIT;
+
+		if (!atomic_load(&a->stop) &&
+		    cdp_rpc_stream_status(x->st, 0, &code, &e2) < 0 && e2.msg[0])
+			cdp_log_warn("agent: link closed: %s", e2.msg);
+	}
+	atomic_store(&x->dead, true);
+	pthread_mutex_lock(&x->mu);
+	pthread_cond_broadcast(&x->cond);
+	pthread_mutex_unlock(&x->mu);
+	cdp_cache_wake(a->cache);
+	cdp_buf_release(&in);
+	return NULL;
+}
+
+static void release_seg(void *ctx)
+{
+	cdp_cache_put(ctx);
+}
+
+/* One stream: hello, welcome, then segments from the cache until it dies. */
+static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
+{
+	struct rx x = { .a = a, .st = st };
+	struct cdp_err err = CDP_ERR_INIT;
+	uint64_t pos = 0;
+	pthread_t t;
+
+	pthread_mutex_init(&x.mu, NULL);
+	pthread_cond_init(&x.cond, NULL);
+	pthread_mutex_lock(&a->mu);
+	a->last_progress = mono();
+	a->sent_pos = 0;
+	a->sent_hi = 0;
+	pthread_mutex_unlock(&a->mu);
+	if (send_hello(a, st, &err)) {
+		cdp_log_warn("agent: hello: %s", err.msg);
+		pthread_mutex_destroy(&x.mu);
+		pthread_cond_destroy(&x.cond);
+		return;
+	}
+	cdp_thread_start(&t, "link/rx", rx_main, &x);
+	pthread_mutex_lock(&x.mu);
+	while (!x.welcomed && !atomic_load(&x.dead) && !atomic_load(&a->stop))
+		pthread_cond_wait(&x.cond, &x.mu);
+	pthread_mutex_unlock(&x.mu);
+	if (x.welcomed) {
+		pthread_mutex_lock(&a->mu);
+		a->link_up = true;
+		a->down_since = 0;
+		pthread_cond_broadcast(&a->cond);
+		pthread_mutex_unlock(&a->mu);
+	}
+	while (x.welcomed && !atomic_load(&x.dead) && !atomic_load(&a->stop)) {
+		struct cdp_cache_seg *s = cdp_cache_next(a->cache, pos, 100 * CDP_NS_PER_MS);
+		Cdp__V1__Segment sg = CDP__V1__SEGMENT__INIT;
+		Cdp__V1__SyncCheckpoint ck = CDP__V1__SYNC_CHECKPOINT__INIT;
+		uint8_t head[CDP_CAPTURE_UP_HEAD_MAX];
+		uint64_t durable, s_last;
+		uint32_t s_nrec;
+		size_t hl;
+		int rc;
+
+		if (!s)
+			continue;
+		pos = s->pos;
+		pthread_mutex_lock(&a->mu);
+		durable = a->durable;
+		pthread_mutex_unlock(&a->mu);
+		if (s->last_seq <= durable && (s->nrecords || s->first_seq <= durable)) {
+			cdp_cache_put(s);	/* the journal has it */
+			continue;
+		}
+		if (s->has_ckpt) {
+			ck.sync_id = s->ckpt_sync_id;
+			ck.kind = s->ckpt_kind;
+			ck.volume = s->ckpt_volume;
+			ck.offset = s->ckpt_offset;
+			sg.checkpoint = &ck;
+			sg.has_checkpoint = true;
+		}
+		s_nrec = s->nrecords;
+		s_last = s->last_seq;
+		hl = cdp_capture_up_segment_head(&sg, s->len, head);
+		do {
+			rc = cdp_rpc_stream_send_parts(st, head, hl, s->data, s->len, release_seg, s,
+						       a->cfg.ack_timeout, &err);
+			if (rc == -ETIMEDOUT)
+				cdp_cache_get(s);	/* the failed send released one reference */
+		} while (rc == -ETIMEDOUT && !atomic_load(&x.dead) && !atomic_load(&a->stop));
+		if (rc == -ETIMEDOUT)
+			cdp_cache_put(s);
+		if (rc) {
+			if (rc != -ETIMEDOUT)
+				cdp_log_warn("agent: send: %s", err.msg);
+			break;
+		}
+		pthread_mutex_lock(&a->mu);
+		if (a->sent_hi <= a->durable)	/* nothing was outstanding: the wait starts now */
+			a->last_progress = mono();
+		a->sent_pos = pos;
+		if (s_nrec)
+			a->sent_hi = CDP_MAX(a->sent_hi, s_last);
+		pthread_mutex_unlock(&a->mu);
+	}
+	atomic_store(&x.dead, true);
+	pthread_join(t, NULL);
+	pthread_mutex_destroy(&x.mu);
+	pthread_cond_destroy(&x.cond);
+}
+
+static void *link_main(void *arg)
+{
+	struct agent *a = arg;
+	int64_t backoff = a->cfg.reconnect_min;
+
+	while (!atomic_load(&a->stop)) {
+		struct cdp_err err = CDP_ERR_INIT;
+		struct cdp_rpc_stream *st;
+		int64_t t0 = mono();
+
+		st = cdp_rpc_stream_open(a->ch, CAPTURE_METHOD, CDP_RPC_NO_DEADLINE, &err);
+		if (st) {
+			run_stream(a, st);
+			cdp_rpc_stream_free(st);
+		} else {
+			cdp_log_warn("agent: %s", err.msg);
+		}
+		pthread_mutex_lock(&a->mu);
+		if (a->link_up || !a->down_since)
+			a->down_since = mono();
+		a->link_up = false;
+		pthread_mutex_unlock(&a->mu);
+		if (atomic_load(&a->stop))
+			break;
+		/* A stream that lived a while starts the backoff over. */
+		if (mono() - t0 > a->cfg.reconnect_max)
+			backoff = a->cfg.reconnect_min;
+		wait_until(a, mono() + backoff);
+		backoff = CDP_MIN(backoff * 2, a->cfg.reconnect_max);
+	}
+	return NULL;
+}
+
+/* ---- start and stop ------------------------------------------------------- */
+
+static int agent_open(struct agent *a, struct cdp_err *err)
+{
+	struct cdp_actlog_opts ao = { 0 };
+	struct cdp_dirtymap_opts mo = { 0 };
+	struct cdp_splitter_opts so = { 0 };
+	struct cdp_rpc_channel_opts co = { 0 };
+	struct cdp_al_extent *rec;
+	char path[4096];
+	size_t n;
+	int rc;
+
+	for (unsigned i = 0; i < MAX_VOLUMES; i++) {
+		if (!a->cfg.vol_path[i][0])
+			continue;
+		if (i != a->nvol)
+			return cdp_err_set(err, -EINVAL, "volume%u: volumes must be numbered from 0 "
+					   "without gaps", i);
+		if (!a->cfg.vol_name[i][0] || !a->cfg.vol_nbd[i][0])
+			return cdp_err_set(err, -EINVAL, "volume%u: name and nbd are required", i);
+		a->names[i] = a->cfg.vol_name[i];
+		a->paths[i] = a->cfg.vol_path[i];
+		a->nvol++;
+	}
+	if (!a->nvol)
+		return cdp_err_set(err, -EINVAL, "volume0.path: no volume configured");
+	if (!a->cfg.plan[0])
+		return cdp_err_set(err, -EINVAL, "agent.plan: required");
+	if (mkdir(a->cfg.state_dir, 0700) && errno != EEXIST)
+		return cdp_err_sys(err, -errno, "agent.state_dir: mkdir %s", a->cfg.state_dir);
+
+	a->cache = cdp_cache_new(a->cfg.cache_size);
+	/* The splitter opens the volumes; the bitmap needs their sizes first. */
+	for (unsigned i = 0; i < a->nvol; i++) {
+		struct stat st;
+
+		if (stat(a->paths[i], &st))
+			return cdp_err_sys(err, -errno, "volume%u.path: %s", i, a->paths[i]);
+		a->sizes[i] = (uint64_t)st.st_size;
+	}
+	ao.nvolumes = a->nvol;
+	ao.extent_shift = (unsigned)__builtin_ctzll(a->cfg.extent_size);
+	ao.max_active = (unsigned)a->cfg.max_active;
+	snprintf(path, sizeof(path), "%s/actlog", a->cfg.state_dir);
+	rc = cdp_actlog_open(path, &ao, &a->al, err);
+	if (rc)
+		return rc;
+	so.nvolumes = a->nvol;
+	so.names = a->names;
+	so.paths = a->paths;
+	so.point_interval_ns = a->cfg.point_interval;
+	so.io_threads = (unsigned)a->cfg.io_threads;
+	so.max_request = (uint32_t)a->cfg.max_request;
+	so.al = a->al;
+	so.cache = a->cache;
+	mo.nvolumes = a->nvol;
+	mo.volume_sizes = a->sizes;
+	mo.granularity = (uint32_t)a->cfg.bitmap_granularity;
+	snprintf(path, sizeof(path), "%s/bitmap", a->cfg.state_dir);
+	rc = cdp_dirtymap_open(path, &mo, &a->dm, err);
+	if (rc)
+		return rc;
+	so.dm = a->dm;
+	rc = cdp_splitter_open(&so, &a->sp, err);
+	if (rc)
+		return rc;
+	for (unsigned i = 0; i < a->nvol; i++)
+		if (cdp_splitter_volume_size(a->sp, i) != a->sizes[i])
+			return cdp_err_set(err, -EINVAL, "volume%u.path: %s is a block device; "
+					   "only files are supported in this version", i,
+					   a->paths[i]);
+
+	/* An unclean stop: the extents that may hold unjournaled writes are dirty. */
+	rec = cdp_xcalloc((size_t)a->cfg.max_active + 1, sizeof(*rec));
+	n = cdp_actlog_recovered(a->al, rec, (size_t)a->cfg.max_active + 1);
+	for (size_t i = 0; i < n; i++)
+		if (rec[i].volume < a->nvol)
+			cdp_dirtymap_set(a->dm, rec[i].volume, rec[i].index * a->cfg.extent_size,
+					 a->cfg.extent_size);
+	free(rec);
+	if (n) {
+		cdp_log_warn("agent: unclean stop: %zu activity log extents will be resynced", n);
+		rc = cdp_dirtymap_persist(a->dm, err);
+		if (rc)
+			return rc;
+	}
+	cdp_actlog_recovered_done(a->al);
+
+	co.target = a->cfg.server;
+	co.tls_ca = a->cfg.tls_ca[0] ? a->cfg.tls_ca : NULL;
+	co.tls_cert = a->cfg.tls_cert[0] ? a->cfg.tls_cert : NULL;
+	co.tls_key = a->cfg.tls_key[0] ? a->cfg.tls_key : NULL;
+	co.tls_server_name = a->cfg.tls_server_name[0] ? a->cfg.tls_server_name : NULL;
+	co.max_message = 8u << 20;
+	a->ch = cdp_rpc_channel_new(&co, err);
+	if (!a->ch)
+		return err->code ? err->code : -EINVAL;
+
+	for (unsigned i = 0; i < a->nvol; i++) {
+		struct cdp_export *e = cdp_splitter_export(a->sp, i);
+		struct cdp_nbd_opts no = { .listen = a->cfg.vol_nbd[i], .exports = &e,
+					   .nexports = 1 };
+
+		rc = cdp_nbd_server_start(&no, &a->nbd[i], err);
+		if (rc)
+			return rc;
+		if (cdp_nbd_server_port(a->nbd[i]) > 0)
+			cdp_log_info("agent: volume %s on nbd port %d", a->names[i],
+				     cdp_nbd_server_port(a->nbd[i]));
+	}
+	return 0;
+}
+
+static void agent_stop(struct agent *a)
+{
+	struct cdp_err err = CDP_ERR_INIT;
+	int64_t until = mono() + a->cfg.stop_timeout;
+
+	for (unsigned i = 0; i < a->nvol; i++)
+		if (a->nbd[i])
+			cdp_nbd_server_stop(a->nbd[i]);
+	if (a->sp) {
+		/* Seal what is open and give the link stop_timeout to have it acknowledged. */
+		cdp_splitter_tick(a->sp);
+		for (;;) {
+			struct cdp_cache_stats cst;
+			bool up;
+
+			cdp_cache_stats(a->cache, &cst);
+			pthread_mutex_lock(&a->mu);
+			up = a->link_up;
+			pthread_mutex_unlock(&a->mu);
+			if (!cst.segments || !up || mono() >= until)
+				break;
+			wait_until(a, mono() + 50 * CDP_NS_PER_MS);
+		}
+	}
+	pthread_mutex_lock(&a->mu);
+	atomic_store(&a->stop, true);
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->mu);
+	if (a->cache)
+		cdp_cache_wake(a->cache);
+	if (a->tick)
+		pthread_join(a->tick, NULL);
+	if (a->sync)
+		pthread_join(a->sync, NULL);
+	if (a->link)
+		pthread_join(a->link, NULL);
+	if (a->sp && cdp_splitter_go_incremental(a->sp, "stopping", &err))
+		cdp_log_err("agent: %s", err.msg);
+	cdp_splitter_close(a->sp);
+	cdp_rpc_channel_free(a->ch);
+	cdp_dirtymap_close(a->dm);
+	cdp_actlog_close(a->al);
+	cdp_cache_free(a->cache);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: cdp-agent [--config FILE] [--set section.key=value]... "
+		"[--debug MODULES] [--help-config]\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "set", required_argument, NULL, 's' },
+		{ "debug", required_argument, NULL, 'd' },
+		{ "help-config", no_argument, NULL, 'H' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	static struct agent a;
+	struct cdp_err err = CDP_ERR_INIT;
+	const char *config = "/etc/cdp/agent.conf", *sets[64];
+	unsigned nsets = 0, flags = 0;
+	struct signalfd_siginfo si;
+	sigset_t mask;
+	int c, sfd, rc = 1;
+
+	mallopt(M_MMAP_THRESHOLD, 64 << 20);
+	mallopt(M_TRIM_THRESHOLD, 256 << 20);
+	while ((c = getopt_long(argc, argv, "c:s:d:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			config = optarg;
+			flags = CDP_CONF_REQUIRED;
+			break;
+		case 's':
+			if (nsets == CDP_ARRAY_SIZE(sets)) {
+				fprintf(stderr, "cdp-agent: --set: at most %zu\n", CDP_ARRAY_SIZE(sets));
+				return 2;
+			}
+			sets[nsets++] = optarg;
+			break;
+		case 'd':
+			cdp_log_set_debug(optarg);
+			break;
+		case 'H':
+			cdp_conf_print_help(&table, stdout, CDP_CONF_HELP_INI);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "cdp-agent: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	if (cdp_conf_load(&table, &a.cfg, config, NULL, flags, &err))
+		goto conf_fail;
+	for (unsigned i = 0; i < nsets; i++)
+		if (cdp_conf_set_arg(&table, &a.cfg, sets[i], &err))
+			goto conf_fail;
+	if (a.cfg.reconnect_max < a.cfg.reconnect_min)
+		a.cfg.reconnect_max = a.cfg.reconnect_min;
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+	sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	if (sfd < 0) {
+		cdp_log_err("signalfd: %s", strerror(errno));
+		return 1;
+	}
+	pthread_mutex_init(&a.mu, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&a.cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	if (agent_open(&a, &err)) {
+		cdp_log_err("cdp-agent: %s", err.msg);
+		agent_stop(&a);
+		goto out;
+	}
+	a.down_since = mono();
+	cdp_thread_start(&a.tick, "tick", tick_main, &a);
+	cdp_thread_start(&a.sync, "sync", sync_main, &a);
+	cdp_thread_start(&a.link, "link", link_main, &a);
+	cdp_log_info("cdp-agent: plan %s, %u volume(s), journal server %s", a.cfg.plan, a.nvol,
+		     a.cfg.server);
+	for (;;) {
+		ssize_t n = read(sfd, &si, sizeof(si));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n != sizeof(si) || si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+			break;
+		if (si.ssi_signo == SIGHUP)
+			cdp_log_info("cdp-agent: SIGHUP: reload is not supported yet; restart to "
+				     "apply changes");
+	}
+	cdp_log_info("cdp-agent: stopping");
+	agent_stop(&a);
+	rc = 0;
+out:
+	close(sfd);
+	cdp_conf_release(&table, &a.cfg);
+	return rc;
+conf_fail:
+	fprintf(stderr, "cdp-agent: %s\n", err.msg);
+	cdp_conf_release(&table, &a.cfg);
+	return 2;
+}

@@ -1,0 +1,196 @@
+/*
+ * capture/cache - see cache.h. A singly linked list (oldest at the head),
+ * a byte count against the bound, and a condition variable for the link.
+ */
+#include "capture/cache.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "common/util.h"
+
+struct cdp_cache {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	uint64_t max_bytes;
+	struct cdp_cache_seg *head, *tail;
+	uint64_t bytes, segments;
+	uint64_t next_pos;
+	uint64_t wakes;
+	uint64_t pushed, refused;
+};
+
+struct cdp_cache *cdp_cache_new(uint64_t max_bytes)
+{
+	struct cdp_cache *c = cdp_xcalloc(1, sizeof(*c));
+	pthread_condattr_t ca;
+
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	c->max_bytes = max_bytes;
+	c->next_pos = 1;
+	return c;
+}
+
+void cdp_cache_seg_free(struct cdp_cache_seg *s)
+{
+	free(s->data);
+	free(s);
+}
+
+/* Unlinked from the list: the list's own reference goes. Lock held. */
+static void drop_locked(struct cdp_cache *c, struct cdp_cache_seg *s)
+{
+	c->bytes -= s->len;
+	c->segments--;
+	cdp_cache_put(s);
+}
+
+void cdp_cache_free(struct cdp_cache *c)
+{
+	if (!c)
+		return;
+	while (c->head) {
+		struct cdp_cache_seg *s = c->head;
+
+		c->head = s->next;
+		drop_locked(c, s);
+	}
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+int cdp_cache_push(struct cdp_cache *c, struct cdp_cache_seg *s)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->max_bytes && c->bytes + s->len > c->max_bytes) {
+		c->refused++;
+		pthread_mutex_unlock(&c->mu);
+		return -ENOSPC;
+	}
+	s->pos = c->next_pos++;
+	atomic_init(&s->refs, 1);
+	s->next = NULL;
+	if (c->tail)
+		c->tail->next = s;
+	else
+		c->head = s;
+	c->tail = s;
+	c->bytes += s->len;
+	c->segments++;
+	c->pushed++;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
+	return 0;
+}
+
+struct cdp_cache_seg *cdp_cache_next(struct cdp_cache *c, uint64_t after, int64_t timeout_ns)
+{
+	struct timespec until;
+	struct cdp_cache_seg *s = NULL;
+	uint64_t wakes;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += timeout_ns / CDP_NS_PER_SEC;
+	until.tv_nsec += timeout_ns % CDP_NS_PER_SEC;
+	if (until.tv_nsec >= CDP_NS_PER_SEC) {
+		until.tv_sec++;
+		until.tv_nsec -= CDP_NS_PER_SEC;
+	}
+	pthread_mutex_lock(&c->mu);
+	wakes = c->wakes;
+	for (;;) {
+		for (s = c->head; s && s->pos <= after; s = s->next)
+			;
+		if (s || wakes != c->wakes)
+			break;
+		if (pthread_cond_timedwait(&c->cond, &c->mu, &until) == ETIMEDOUT) {
+			for (s = c->head; s && s->pos <= after; s = s->next)
+				;
+			break;
+		}
+	}
+	if (s)
+		cdp_cache_get(s);
+	pthread_mutex_unlock(&c->mu);
+	return s;
+}
+
+void cdp_cache_get(struct cdp_cache_seg *s)
+{
+	atomic_fetch_add(&s->refs, 1);
+}
+
+void cdp_cache_put(struct cdp_cache_seg *s)
+{
+	if (atomic_fetch_sub(&s->refs, 1) == 1)
+		cdp_cache_seg_free(s);
+}
+
+void cdp_cache_wake(struct cdp_cache *c)
+{
+	pthread_mutex_lock(&c->mu);
+	c->wakes++;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
+}
+
+uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq)
+{
+	uint64_t wid = 0;
+
+	pthread_mutex_lock(&c->mu);
+	while (c->head && c->head->last_seq <= durable_seq &&
+	       c->head->first_seq <= durable_seq + 1) {
+		struct cdp_cache_seg *s = c->head;
+
+		c->head = s->next;
+		if (!c->head)
+			c->tail = NULL;
+		wid = CDP_MAX(wid, s->max_wid);
+		drop_locked(c, s);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return wid;
+}
+
+void cdp_cache_drop_all(struct cdp_cache *c, void (*fn)(void *arg, const struct cdp_cache_seg *s),
+			void *arg)
+{
+	pthread_mutex_lock(&c->mu);
+	while (c->head) {
+		struct cdp_cache_seg *s = c->head;
+
+		c->head = s->next;
+		if (fn)
+			fn(arg, s);
+		drop_locked(c, s);
+	}
+	c->tail = NULL;
+	c->wakes++;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->mu);
+}
+
+void cdp_cache_stats(struct cdp_cache *c, struct cdp_cache_stats *st)
+{
+	pthread_mutex_lock(&c->mu);
+	st->bytes = c->bytes;
+	st->segments = c->segments;
+	st->first_seq = 0;
+	for (struct cdp_cache_seg *s = c->head; s; s = s->next)
+		if (s->nrecords) {
+			st->first_seq = s->first_seq;
+			break;
+		}
+	st->last_pos = c->tail ? c->tail->pos : 0;
+	st->pushed = c->pushed;
+	st->refused = c->refused;
+	pthread_mutex_unlock(&c->mu);
+}

@@ -1,0 +1,91 @@
+/*
+ * capture/cache - the agent's log cache: sealed segments, oldest first, kept
+ * until the journal server acknowledges them (SPEC "Durability": the agent
+ * frees its cache only on that ack), so that after a link cut or a journal
+ * server restart exactly what it lacks is sent again.
+ *
+ * Bounded by max_bytes: a push that would pass it is refused (-ENOSPC) and
+ * the splitter falls back to incremental mode. Entries are reference
+ * counted: the link sends a segment's bytes in place (gRPC reads them until
+ * it releases its reference), so an ack never frees bytes still on the wire.
+ *
+ * Each entry has a position (pos, increasing by one per push) that the link
+ * uses as its send cursor; heartbeats carry no seq of their own, so seqs
+ * cannot serve.
+ *
+ * Threads: any; one mutex, one condition variable for the link's wait.
+ */
+#ifndef CDP_CAPTURE_CACHE_H
+#define CDP_CAPTURE_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <stdatomic.h>
+
+#include "common/clock.h"
+
+struct cdp_cache;
+
+struct cdp_cache_seg {
+	uint64_t pos;
+	uint64_t first_seq, last_seq;	/* last_seq = first_seq - 1 for a heartbeat */
+	int64_t t_last;
+	uint32_t nrecords;
+	uint64_t max_wid;	/* the splitter's write id of its newest write */
+	bool has_ckpt;		/* a full-sync checkpoint rides on it */
+	uint64_t ckpt_sync_id, ckpt_offset;
+	uint32_t ckpt_kind, ckpt_volume;
+	uint8_t *data;		/* header + body as sealed */
+	size_t len;
+	/* private */
+	_Atomic unsigned refs;	/* the list's one + each holder's */
+	struct cdp_cache_seg *next;
+};
+
+struct cdp_cache *cdp_cache_new(uint64_t max_bytes);
+void cdp_cache_free(struct cdp_cache *c);
+
+/*
+ * Appends @s (malloc()ed, data too): on success the cache owns it. Returns 0,
+ * or -ENOSPC when it would pass max_bytes: then the caller still owns @s
+ * (cdp_cache_seg_free()) and must go to incremental mode.
+ */
+int cdp_cache_push(struct cdp_cache *c, struct cdp_cache_seg *s);
+void cdp_cache_seg_free(struct cdp_cache_seg *s);
+
+/*
+ * The first entry with pos > @after (referenced: cdp_cache_put() it), waiting
+ * up to @timeout_ns of the real monotonic clock for one; NULL on timeout or
+ * after cdp_cache_wake().
+ */
+struct cdp_cache_seg *cdp_cache_next(struct cdp_cache *c, uint64_t after, int64_t timeout_ns);
+void cdp_cache_get(struct cdp_cache_seg *s);
+void cdp_cache_put(struct cdp_cache_seg *s);
+/* Wakes every waiter of cdp_cache_next() once. */
+void cdp_cache_wake(struct cdp_cache *c);
+
+/*
+ * Drops entries the journal has made durable: every segment whose records
+ * are all <= @durable_seq (heartbeats: last_seq <= durable_seq). Returns the
+ * max_wid of the newest entry dropped (0 if none).
+ */
+uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq);
+
+/*
+ * Drops everything, calling @fn on each entry first (oldest first): the
+ * splitter marks their ranges dirty when it falls back to incremental mode.
+ */
+void cdp_cache_drop_all(struct cdp_cache *c, void (*fn)(void *arg, const struct cdp_cache_seg *s),
+			void *arg);
+
+struct cdp_cache_stats {
+	uint64_t bytes, segments;
+	uint64_t first_seq;	/* of the oldest entry with records; 0 when none */
+	uint64_t last_pos;	/* of the newest entry */
+	uint64_t pushed, refused;
+};
+void cdp_cache_stats(struct cdp_cache *c, struct cdp_cache_stats *st);
+
+#endif

@@ -1,0 +1,1241 @@
+/*
+ * capture/splitter - see splitter.h for what it guarantees. How:
+ *
+ * Locks, in order: rl_mu (range locks of all volumes) is never held with mu;
+ * mu (sequencing: seq, wid, the open segment, mode) is held only for memory
+ * work, never across I/O; q_mu (I/O queue) and seal_mu are leaves.
+ *
+ * A request becomes an op. submit() takes the range: granted at once when
+ * nothing earlier overlaps it, else queued behind (FIFO per volume, so order
+ * among overlapping requests is arrival order). A granted op goes to the I/O
+ * threads: activity log, source I/O, then complete_op(), which records it
+ * under mu, releases the range (granting waiters) and answers.
+ */
+#include "capture/splitter.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+#define SEAL_LEVEL_FAST (-5)	/* zstd level when the seal thread falls behind */
+#define SEAL_BACKLOG_FAST 2	/* segments waiting: go fast */
+#define SEAL_BACKLOG_RAW 4	/* segments waiting: store raw */
+#define ENC_POOL 8
+#define SYNC_CHUNK (1u << 20)	/* bytes read per RESYNC record run */
+
+struct cdp_splitter;
+
+struct rl_node {
+	struct rl_node *next;
+	uint64_t off, len;
+	bool granted;
+	bool is_op;		/* else a blocking sync read waiting on rl_cond */
+};
+
+struct op {
+	struct rl_node rl;	/* first: lists hold rl_node pointers */
+	struct cdp_io_req *req;
+	struct vol *v;
+	struct op *qnext;
+	uint64_t flush_wid;	/* FLUSH: writes <= it are covered */
+};
+
+struct vol {
+	struct cdp_splitter *sp;
+	unsigned id;
+	int fd;
+	uint64_t size;
+	bool blockdev;
+	char name[64];
+	struct cdp_export exp;
+	struct rl_node *active;		/* rl_mu */
+	struct rl_node *wait_head, *wait_tail;	/* rl_mu */
+	uint64_t last_write_wid;	/* mu */
+	uint64_t flushed_wid;		/* mu: every write <= it is flushed */
+};
+
+struct seal_item {
+	struct seal_item *next;
+	struct cdp_seg_enc *enc;
+	bool point;
+	int64_t t;		/* point or heartbeat time */
+	uint64_t max_wid;
+	bool has_ckpt;
+	struct cdp_sync_info ckpt_sync;
+	uint32_t ckpt_volume;
+	uint64_t ckpt_offset;
+};
+
+struct cdp_splitter {
+	struct cdp_splitter_opts o;
+	struct cdp_clock *clock;
+	struct vol *vols;
+	unsigned nvol;
+
+	pthread_mutex_t rl_mu;
+	pthread_cond_t rl_cond;		/* sync readers waiting for a range */
+
+	pthread_mutex_t q_mu;
+	pthread_cond_t q_cond;
+	struct op *q_head, *q_tail;
+	bool q_stop;
+	pthread_t *workers;
+	unsigned inflight;		/* q_mu: ops submitted, not yet answered */
+	pthread_cond_t idle_cond;
+
+	pthread_mutex_t mu;
+	enum cdp_split_mode mode;
+	struct cdp_stamp_clock stamp;
+	uint64_t plan_id, epoch;
+	uint64_t wid;
+	struct cdp_seg_enc *enc;	/* the open segment (CONTINUOUS) */
+	struct cdp_seg_enc *free_enc[ENC_POOL];
+	unsigned nfree_enc;
+	int64_t next_point;		/* stamp time the open interval ends */
+	int64_t t_last;			/* newest record or point time */
+	uint64_t acked_wid;		/* every write <= it acknowledged */
+	uint64_t bitmap_wid;		/* every write <= it is in the persisted bitmap */
+	uint64_t acked_seq;
+	bool have_ckpt;
+	struct cdp_sync_info ckpt_sync;
+	uint32_t ckpt_volume;
+	uint64_t ckpt_offset;
+	struct cdp_splitter_stats st;
+
+	pthread_mutex_t seal_mu;
+	pthread_cond_t seal_cond;
+	struct seal_item *seal_head, *seal_tail;
+	unsigned seal_backlog;
+	bool seal_stop;
+	bool seal_busy;
+	pthread_t sealer;
+	uint8_t digest[CDP_DIGEST_LEN];	/* seal thread: chain head */
+};
+
+/* ---- range lock ------------------------------------------------------------ */
+
+static bool overlaps(const struct rl_node *a, uint64_t off, uint64_t len)
+{
+	return a->off < off + len && off < a->off + a->len;
+}
+
+/* Whether @n may be granted now: nothing active and nothing earlier waiting overlaps it. */
+static bool rl_free_locked(struct vol *v, const struct rl_node *n)
+{
+	for (struct rl_node *a = v->active; a; a = a->next)
+		if (overlaps(a, n->off, n->len))
+			return false;
+	for (struct rl_node *w = v->wait_head; w && w != n; w = w->next)
+		if (overlaps(w, n->off, n->len))
+			return false;
+	return true;
+}
+
+static void rl_activate_locked(struct vol *v, struct rl_node *n)
+{
+	n->granted = true;
+	n->next = v->active;
+	v->active = n;
+}
+
+static void queue_op(struct cdp_splitter *sp, struct op *op);
+
+/* Takes the range for @n; returns true when granted now, false when queued. */
+static bool rl_take(struct vol *v, struct rl_node *n)
+{
+	struct cdp_splitter *sp = v->sp;
+	bool now;
+
+	n->granted = false;
+	n->next = NULL;
+	pthread_mutex_lock(&sp->rl_mu);
+	now = !v->wait_head && rl_free_locked(v, n);
+	if (now) {
+		rl_activate_locked(v, n);
+	} else {
+		if (v->wait_tail)
+			v->wait_tail->next = n;
+		else
+			v->wait_head = n;
+		v->wait_tail = n;
+	}
+	pthread_mutex_unlock(&sp->rl_mu);
+	return now;
+}
+
+/* Releases @n and grants every waiter that became free (ops go to the I/O threads). */
+static void rl_release(struct vol *v, struct rl_node *n)
+{
+	struct cdp_splitter *sp = v->sp;
+	struct op *go = NULL, **go_tail = &go;
+	bool wake = false;
+
+	pthread_mutex_lock(&sp->rl_mu);
+	for (struct rl_node **pp = &v->active; *pp; pp = &(*pp)->next)
+		if (*pp == n) {
+			*pp = n->next;
+			break;
+		}
+	for (struct rl_node **pp = &v->wait_head, *prev = NULL; *pp;) {
+		struct rl_node *w = *pp;
+
+		if (!rl_free_locked(v, w)) {
+			prev = w;
+			pp = &w->next;
+			continue;
+		}
+		*pp = w->next;
+		if (v->wait_tail == w)
+			v->wait_tail = prev;
+		rl_activate_locked(v, w);
+		if (w->is_op) {
+			*go_tail = (struct op *)w;
+			go_tail = &((struct op *)w)->qnext;
+			((struct op *)w)->qnext = NULL;
+		} else {
+			wake = true;
+		}
+	}
+	if (wake)
+		pthread_cond_broadcast(&sp->rl_cond);
+	pthread_mutex_unlock(&sp->rl_mu);
+	while (go) {
+		struct op *next = go->qnext;
+
+		queue_op(sp, go);
+		go = next;
+	}
+}
+
+/* Blocking form for the sync reader. */
+static void rl_take_wait(struct vol *v, struct rl_node *n)
+{
+	struct cdp_splitter *sp = v->sp;
+
+	n->is_op = false;
+	if (rl_take(v, n))
+		return;
+	pthread_mutex_lock(&sp->rl_mu);
+	while (!n->granted)
+		pthread_cond_wait(&sp->rl_cond, &sp->rl_mu);
+	pthread_mutex_unlock(&sp->rl_mu);
+}
+
+/* ---- records ------------------------------------------------------------ */
+
+static void seal_push(struct cdp_splitter *sp, struct seal_item *it);
+
+static struct cdp_seg_enc *enc_get_locked(struct cdp_splitter *sp, uint64_t first_seq,
+					  bool sync_active)
+{
+	struct cdp_seg_enc *e;
+
+	if (sp->nfree_enc)
+		e = sp->free_enc[--sp->nfree_enc];
+	else
+		e = cdp_seg_enc_new(sp->plan_id, sp->epoch, first_seq, NULL);
+	cdp_seg_enc_restart(e, first_seq, sync_active, sp->t_last);
+	return e;
+}
+
+/* Cuts the open segment (mu held). @point: it closes the interval at @t. */
+static void cut_locked(struct cdp_splitter *sp, bool point, int64_t t)
+{
+	struct seal_item *it;
+	uint64_t next;
+	bool sync_active;
+
+	if (sp->mode != CDP_SPLIT_CONTINUOUS || !sp->enc)
+		return;
+	if (!point && !cdp_seg_enc_nrecords(sp->enc))
+		return;
+	it = cdp_xcalloc(1, sizeof(*it));
+	it->enc = sp->enc;
+	it->point = point;
+	it->t = point ? CDP_MAX(t, sp->t_last) : 0;
+	it->max_wid = sp->wid;
+	if (sp->have_ckpt) {
+		it->has_ckpt = true;
+		it->ckpt_sync = sp->ckpt_sync;
+		it->ckpt_volume = sp->ckpt_volume;
+		it->ckpt_offset = sp->ckpt_offset;
+	}
+	if (point)
+		sp->t_last = it->t;
+	next = cdp_seg_enc_next_seq(sp->enc);
+	sync_active = cdp_seg_enc_sync_active(sp->enc);
+	sp->enc = enc_get_locked(sp, next, sync_active);
+	seal_push(sp, it);
+}
+
+/* Adds a record (mu held, CONTINUOUS); cuts when the segment is full. */
+static int add_record_locked(struct cdp_splitter *sp, struct cdp_record *r, struct cdp_err *err)
+{
+	int rc;
+
+	r->time_ns = cdp_stamp_clock_now(&sp->stamp);
+	if (r->time_ns < sp->t_last)
+		r->time_ns = sp->t_last;
+	r->seq = cdp_seg_enc_next_seq(sp->enc);
+	rc = cdp_seg_enc_add(sp->enc, r, CDP_SEG_ENC_COMPUTE_CRC, err);
+	if (rc == -E2BIG) {
+		cut_locked(sp, false, 0);
+		r->seq = cdp_seg_enc_next_seq(sp->enc);
+		rc = cdp_seg_enc_add(sp->enc, r, CDP_SEG_ENC_COMPUTE_CRC, err);
+	}
+	if (rc)
+		return rc;
+	sp->t_last = r->time_ns;
+	sp->st.records++;
+	sp->st.next_seq = r->seq + 1;
+	if (cdp_seg_enc_raw_len(sp->enc) >= CDP_SEG_MAX_RAW - CDP_REC_HDR_LEN - CDP_SECTOR)
+		cut_locked(sp, false, 0);
+	return 0;
+}
+
+/* ---- I/O ------------------------------------------------------------------- */
+
+static int source_write(struct vol *v, const struct cdp_io_req *req)
+{
+	size_t done = 0;
+
+	while (done < req->length) {
+		ssize_t n = pwrite(v->fd, (const uint8_t *)req->data + done, req->length - done,
+				   (off_t)(req->offset + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+static int source_zero(struct vol *v, const struct cdp_io_req *req, bool trim)
+{
+	int mode = trim ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE;
+	static const uint8_t zeros[65536];
+
+	if (v->blockdev) {
+		uint64_t range[2] = { req->offset, req->length };
+
+		if (ioctl(v->fd, trim ? BLKDISCARD : BLKZEROOUT, range) == 0)
+			return 0;
+	} else if (fallocate(v->fd, mode, (off_t)req->offset, (off_t)req->length) == 0) {
+		return 0;
+	} else if (!trim && fallocate(v->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				      (off_t)req->offset, (off_t)req->length) == 0) {
+		return 0;
+	}
+	/* No support: write zeros (also for TRIM, so reads give zeros as recorded). */
+	for (uint64_t off = 0; off < req->length;) {
+		size_t n = CDP_MIN(sizeof(zeros), req->length - off);
+		ssize_t w = pwrite(v->fd, zeros, n, (off_t)(req->offset + off));
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+static int source_read(struct vol *v, void *buf, uint64_t off, uint32_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(v->fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0) {	/* past the end of a shorter file: zeros */
+			memset((uint8_t *)buf + done, 0, len - done);
+			break;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+static void answer(struct cdp_splitter *sp, struct op *op, int rc)
+{
+	struct cdp_io_req *req = op->req;
+
+	free(op);
+	req->done(req, rc);
+	pthread_mutex_lock(&sp->q_mu);
+	if (--sp->inflight == 0)
+		pthread_cond_broadcast(&sp->idle_cond);
+	pthread_mutex_unlock(&sp->q_mu);
+}
+
+/* A change reached the source: record it (or mark it dirty), then answer. */
+static void complete_change(struct cdp_splitter *sp, struct op *op)
+{
+	struct cdp_io_req *req = op->req;
+	struct vol *v = op->v;
+	struct cdp_err err = CDP_ERR_INIT;
+	uint64_t wid;
+	int rc = 0;
+
+	pthread_mutex_lock(&sp->mu);
+	wid = ++sp->wid;
+	v->last_write_wid = wid;
+	sp->st.writes++;
+	sp->st.write_bytes += req->length;
+	if (sp->mode == CDP_SPLIT_CONTINUOUS) {
+		struct cdp_record r = { 0 };
+
+		r.volume = v->id;
+		r.offset = req->offset;
+		r.length = req->length;
+		if (req->kind == CDP_IO_WRITE) {
+			r.kind = CDP_REC_WRITE;
+			r.payload = req->data;
+		} else {
+			r.kind = req->kind == CDP_IO_TRIM ? CDP_REC_TRIM : CDP_REC_ZERO;
+		}
+		rc = add_record_locked(sp, &r, &err);
+	}
+	if (sp->mode != CDP_SPLIT_CONTINUOUS || rc)
+		cdp_dirtymap_set(sp->o.dm, v->id, req->offset, req->length);
+	pthread_mutex_unlock(&sp->mu);
+	if (rc)
+		cdp_log_warn("splitter: %s: record not added (%s); range marked dirty", v->name,
+			     err.msg);
+	cdp_actlog_note(sp->o.al, v->id, req->offset, req->length, wid);
+	rl_release(v, &op->rl);
+	answer(sp, op, 0);
+}
+
+static void run_op(struct cdp_splitter *sp, struct op *op)
+{
+	struct cdp_io_req *req = op->req;
+	struct vol *v = op->v;
+	struct cdp_err err = CDP_ERR_INIT;
+	int rc = 0;
+
+	switch (req->kind) {
+	case CDP_IO_READ:
+		rc = source_read(v, req->data, req->offset, req->length);
+		rl_release(v, &op->rl);
+		answer(sp, op, rc);
+		return;
+	case CDP_IO_FLUSH:
+		rc = fdatasync(v->fd) ? -errno : 0;
+		if (!rc) {
+			pthread_mutex_lock(&sp->mu);
+			v->flushed_wid = CDP_MAX(v->flushed_wid, op->flush_wid);
+			pthread_mutex_unlock(&sp->mu);
+		}
+		answer(sp, op, rc);
+		return;
+	default:
+		break;
+	}
+	/* WRITE, TRIM, ZERO: the extent is in the activity log before the source sees it. */
+	rc = cdp_actlog_begin(sp->o.al, v->id, req->offset, req->length, &err);
+	if (rc) {
+		cdp_log_warn("splitter: %s: activity log: %s", v->name, err.msg);
+		rl_release(v, &op->rl);
+		answer(sp, op, -EIO);
+		return;
+	}
+	if (req->kind == CDP_IO_WRITE)
+		rc = source_write(v, req);
+	else
+		rc = source_zero(v, req, req->kind == CDP_IO_TRIM);
+	if (!rc && (req->flags & CDP_IO_F_FUA))
+		rc = fdatasync(v->fd) ? -errno : 0;
+	if (rc) {
+		/* Not journaled; the range may have changed on the source: dirty. */
+		pthread_mutex_lock(&sp->mu);
+		cdp_dirtymap_set(sp->o.dm, v->id, req->offset, req->length);
+		sp->st.source_errors++;
+		pthread_mutex_unlock(&sp->mu);
+		cdp_log_warn("splitter: %s: source %s at %" PRIu64 "+%" PRIu32 ": %s", v->name,
+			     req->kind == CDP_IO_WRITE ? "write" : "zero", req->offset, req->length,
+			     strerror(-rc));
+		rl_release(v, &op->rl);
+		answer(sp, op, rc);
+		return;
+	}
+	complete_change(sp, op);
+}
+
+static void *worker_main(void *arg)
+{
+	struct cdp_splitter *sp = arg;
+
+	for (;;) {
+		struct op *op;
+
+		pthread_mutex_lock(&sp->q_mu);
+		while (!sp->q_head && !sp->q_stop)
+			pthread_cond_wait(&sp->q_cond, &sp->q_mu);
+		op = sp->q_head;
+		if (op) {
+			sp->q_head = op->qnext;
+			if (!sp->q_head)
+				sp->q_tail = NULL;
+		}
+		pthread_mutex_unlock(&sp->q_mu);
+		if (!op)
+			return NULL;
+		run_op(sp, op);
+	}
+}
+
+static void queue_op(struct cdp_splitter *sp, struct op *op)
+{
+	op->qnext = NULL;
+	pthread_mutex_lock(&sp->q_mu);
+	if (sp->q_tail)
+		sp->q_tail->qnext = op;
+	else
+		sp->q_head = op;
+	sp->q_tail = op;
+	pthread_cond_signal(&sp->q_cond);
+	pthread_mutex_unlock(&sp->q_mu);
+}
+
+static int vol_submit(struct cdp_export *e, struct cdp_io_req *req)
+{
+	struct vol *v = e->ctx;
+	struct cdp_splitter *sp = v->sp;
+	struct op *op;
+
+	if (req->kind != CDP_IO_FLUSH &&
+	    (!req->length || req->offset % CDP_SECTOR || req->length % CDP_SECTOR ||
+	     req->offset > v->size || req->length > v->size - req->offset ||
+	     (req->kind != CDP_IO_TRIM && req->kind != CDP_IO_ZERO &&
+	      req->length > sp->o.max_request)))
+		return -EINVAL;
+	op = cdp_xcalloc(1, sizeof(*op));
+	op->req = req;
+	op->v = v;
+	pthread_mutex_lock(&sp->q_mu);
+	if (sp->q_stop) {
+		pthread_mutex_unlock(&sp->q_mu);
+		free(op);
+		return -ESHUTDOWN;
+	}
+	sp->inflight++;
+	pthread_mutex_unlock(&sp->q_mu);
+	if (req->kind == CDP_IO_FLUSH) {
+		/* Its seq on receipt: it covers exactly the writes completed before it. */
+		pthread_mutex_lock(&sp->mu);
+		op->flush_wid = sp->wid;
+		if (sp->mode == CDP_SPLIT_CONTINUOUS) {
+			struct cdp_record r = { .kind = CDP_REC_FLUSH };
+			struct cdp_err err = CDP_ERR_INIT;
+
+			if (add_record_locked(sp, &r, &err))
+				cdp_log_warn("splitter: flush record: %s", err.msg);
+		}
+		pthread_mutex_unlock(&sp->mu);
+		queue_op(sp, op);
+		return 0;
+	}
+	op->rl.off = req->offset;
+	op->rl.len = req->length;
+	op->rl.is_op = true;
+	if (rl_take(v, &op->rl)) {
+		queue_op(sp, op);
+	} else {
+		pthread_mutex_lock(&sp->mu);
+		sp->st.range_waits++;
+		pthread_mutex_unlock(&sp->mu);
+	}
+	return 0;
+}
+
+/* ---- the seal thread ---------------------------------------------------- */
+
+static void seal_push(struct cdp_splitter *sp, struct seal_item *it)
+{
+	pthread_mutex_lock(&sp->seal_mu);
+	if (sp->seal_tail)
+		sp->seal_tail->next = it;
+	else
+		sp->seal_head = it;
+	sp->seal_tail = it;
+	sp->seal_backlog++;
+	pthread_cond_broadcast(&sp->seal_cond);
+	pthread_mutex_unlock(&sp->seal_mu);
+}
+
+/* Marks the ranges of a sealed segment's changes dirty (going incremental). */
+static void mark_dirty(struct cdp_splitter *sp, const uint8_t *data, size_t len)
+{
+	struct cdp_segment *seg = NULL;
+	struct cdp_seg_expect ex = { .min_time = INT64_MIN, .borrow_raw = true };
+	struct cdp_err err = CDP_ERR_INIT;
+
+	if (cdp_seg_decode(data, len, &ex, &seg, &err)) {
+		cdp_log_err("splitter: own segment unreadable (%s): every volume is dirty",
+			    err.msg);
+		for (unsigned i = 0; i < sp->nvol; i++)
+			cdp_dirtymap_set(sp->o.dm, i, 0, sp->vols[i].size);
+		return;
+	}
+	for (uint32_t i = 0; i < seg->h.nrecords; i++) {
+		const struct cdp_record *r = &seg->recs[i];
+
+		if ((r->kind == CDP_REC_WRITE || r->kind == CDP_REC_ZERO ||
+		     r->kind == CDP_REC_TRIM) && r->volume < sp->nvol)
+			cdp_dirtymap_set(sp->o.dm, r->volume, r->offset, r->length);
+	}
+	cdp_segment_free(seg);
+}
+
+static void mark_cached_dirty(void *arg, const struct cdp_cache_seg *s)
+{
+	mark_dirty(arg, s->data, s->len);
+}
+
+static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned backlog)
+{
+	struct cdp_seg_seal_opts so = { 0 };
+	struct cdp_buf out = CDP_BUF_INIT;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_cache_seg *cs;
+	uint32_t nrec = cdp_seg_enc_nrecords(it->enc);
+	uint64_t first = cdp_seg_enc_next_seq(it->enc) - nrec;
+	bool incremental, refused = false;
+	int rc;
+
+	so.flags = it->point ? CDP_SEG_F_POINT_END : 0;
+	if (backlog >= SEAL_BACKLOG_RAW) {
+		so.compression = CDP_COMP_NONE;
+	} else {
+		so.compression = CDP_COMP_ZSTD;
+		so.level = backlog >= SEAL_BACKLOG_FAST ? SEAL_LEVEL_FAST : 1;
+	}
+	if (!nrec) {
+		so.t_first = it->t;
+		so.t_last = it->t;
+	} else if (it->point) {
+		so.t_last = it->t;
+	}
+	cdp_seg_enc_set_prev(it->enc, sp->digest);
+	rc = cdp_seg_enc_seal(it->enc, &so, &out, sp->digest, &err);
+	if (rc) {
+		/* Our own encoder refused its records: a bug; keep the data safe. */
+		cdp_log_err("splitter: seal of seq %" PRIu64 ": %s", first, err.msg);
+		cdp_buf_release(&out);
+		pthread_mutex_lock(&sp->mu);
+		for (unsigned i = 0; i < sp->nvol; i++)
+			cdp_dirtymap_set(sp->o.dm, i, 0, sp->vols[i].size);
+		sp->mode = CDP_SPLIT_INCREMENTAL;
+		pthread_mutex_unlock(&sp->mu);
+		return;
+	}
+	cs = cdp_xcalloc(1, sizeof(*cs));
+	cs->first_seq = first;
+	cs->last_seq = first + nrec - 1;
+	cs->nrecords = nrec;
+	cs->t_last = so.t_last;
+	cs->max_wid = it->max_wid;
+	cs->has_ckpt = it->has_ckpt;
+	cs->ckpt_sync_id = it->ckpt_sync.sync_id;
+	cs->ckpt_kind = it->ckpt_sync.kind;
+	cs->ckpt_volume = it->ckpt_volume;
+	cs->ckpt_offset = it->ckpt_offset;
+	cs->data = out.data;	/* taken */
+	cs->len = out.len;
+
+	pthread_mutex_lock(&sp->mu);
+	incremental = sp->mode != CDP_SPLIT_CONTINUOUS;
+	sp->st.segments++;
+	sp->st.heartbeats += !nrec;
+	pthread_mutex_unlock(&sp->mu);
+	if (!incremental && cdp_cache_push(sp->o.cache, cs) == 0)
+		return;
+	refused = !incremental;
+	/* Incremental, or the cache is full: its changes go to the bitmap. */
+	mark_dirty(sp, cs->data, cs->len);
+	cdp_cache_seg_free(cs);
+	if (refused) {
+		if (cdp_splitter_go_incremental(sp, "log cache full", &err))
+			cdp_log_err("splitter: %s", err.msg);
+		if (sp->o.on_incremental)
+			sp->o.on_incremental(sp->o.arg, "log cache full");
+	}
+}
+
+static void *seal_main(void *arg)
+{
+	struct cdp_splitter *sp = arg;
+
+	for (;;) {
+		struct seal_item *it;
+		unsigned backlog;
+
+		pthread_mutex_lock(&sp->seal_mu);
+		while (!sp->seal_head && !sp->seal_stop)
+			pthread_cond_wait(&sp->seal_cond, &sp->seal_mu);
+		it = sp->seal_head;
+		if (it) {
+			sp->seal_head = it->next;
+			if (!sp->seal_head)
+				sp->seal_tail = NULL;
+			sp->seal_busy = true;
+		}
+		backlog = sp->seal_backlog;
+		pthread_mutex_unlock(&sp->seal_mu);
+		if (!it)
+			return NULL;
+		seal_one(sp, it, backlog);
+		pthread_mutex_lock(&sp->mu);
+		if (sp->nfree_enc < ENC_POOL)
+			sp->free_enc[sp->nfree_enc++] = it->enc;
+		else
+			cdp_seg_enc_free(it->enc);
+		pthread_mutex_unlock(&sp->mu);
+		free(it);
+		pthread_mutex_lock(&sp->seal_mu);
+		sp->seal_backlog--;
+		sp->seal_busy = false;
+		pthread_cond_broadcast(&sp->seal_cond);
+		pthread_mutex_unlock(&sp->seal_mu);
+	}
+}
+
+/* Waits until everything cut so far is sealed (and cached or marked dirty). */
+static void seal_drain(struct cdp_splitter *sp)
+{
+	pthread_mutex_lock(&sp->seal_mu);
+	while (sp->seal_head || sp->seal_busy)
+		pthread_cond_wait(&sp->seal_cond, &sp->seal_mu);
+	pthread_mutex_unlock(&sp->seal_mu);
+}
+
+/* ---- modes, points, acks ----------------------------------------------- */
+
+void cdp_splitter_continue(struct cdp_splitter *sp, uint64_t plan_id, uint64_t epoch,
+			   uint64_t durable_seq, const uint8_t digest[CDP_DIGEST_LEN],
+			   int64_t t_min)
+{
+	uint64_t dirty;
+
+	seal_drain(sp);
+	pthread_mutex_lock(&sp->mu);
+	sp->plan_id = plan_id;
+	sp->epoch = epoch;
+	sp->acked_seq = durable_seq;
+	sp->t_last = CDP_MAX(sp->t_last, t_min);
+	for (unsigned i = 0; i < sp->nfree_enc; i++)
+		cdp_seg_enc_free(sp->free_enc[i]);
+	sp->nfree_enc = 0;
+	if (sp->enc)
+		cdp_seg_enc_free(sp->enc);
+	sp->enc = cdp_seg_enc_new(plan_id, epoch, durable_seq + 1, digest);
+	cdp_seg_enc_restart(sp->enc, durable_seq + 1, false, sp->t_last);
+	sp->st.next_seq = durable_seq + 1;
+	/* With nothing dirty, records start now; else a resync switches over. */
+	dirty = 0;
+	for (unsigned i = 0; i < sp->nvol; i++)
+		dirty += cdp_dirtymap_dirty_bytes(sp->o.dm, i);
+	if (!dirty)
+		sp->mode = CDP_SPLIT_CONTINUOUS;
+	pthread_mutex_unlock(&sp->mu);
+	memcpy(sp->digest, digest, CDP_DIGEST_LEN);	/* the seal thread is idle */
+}
+
+int cdp_splitter_go_incremental(struct cdp_splitter *sp, const char *why, struct cdp_err *err)
+{
+	bool was;
+	uint64_t wid;
+	int rc;
+
+	pthread_mutex_lock(&sp->mu);
+	was = sp->mode == CDP_SPLIT_CONTINUOUS;
+	cut_locked(sp, false, 0);	/* its records get marked like the rest */
+	sp->mode = CDP_SPLIT_INCREMENTAL;
+	pthread_mutex_unlock(&sp->mu);
+	if (was)
+		cdp_log_warn("splitter: incremental mode: %s", why);
+	/* Called from the seal thread itself when the cache is full: do not wait for it. */
+	if (!pthread_equal(pthread_self(), sp->sealer))
+		seal_drain(sp);
+	cdp_cache_drop_all(sp->o.cache, mark_cached_dirty, sp);
+	pthread_mutex_lock(&sp->mu);
+	wid = sp->wid;
+	pthread_mutex_unlock(&sp->mu);
+	rc = cdp_dirtymap_persist(sp->o.dm, err);
+	if (!rc)
+		cdp_actlog_settle(sp->o.al, wid);	/* the bitmap covers every write <= wid */
+	return rc;
+}
+
+enum cdp_split_mode cdp_splitter_mode(struct cdp_splitter *sp)
+{
+	enum cdp_split_mode m;
+
+	pthread_mutex_lock(&sp->mu);
+	m = sp->mode;
+	pthread_mutex_unlock(&sp->mu);
+	return m;
+}
+
+static void settle(struct cdp_splitter *sp);
+
+/*
+ * Lets the activity log shrink: in incremental mode by persisting the bitmap
+ * (it then covers every write so far); in continuous mode by flushing
+ * volumes written since their last flush (an extent leaves only once its
+ * writes are acknowledged AND flushed on the source). Runs on the ticker
+ * thread, no lock held across the I/O.
+ */
+static void settle_step(struct cdp_splitter *sp)
+{
+	enum cdp_split_mode mode;
+	uint64_t wid, bitmap_wid;
+
+	pthread_mutex_lock(&sp->mu);
+	mode = sp->mode;
+	wid = sp->wid;
+	bitmap_wid = sp->bitmap_wid;
+	pthread_mutex_unlock(&sp->mu);
+	if (mode == CDP_SPLIT_INCREMENTAL) {
+		struct cdp_err err = CDP_ERR_INIT;
+
+		if (wid == bitmap_wid)
+			return;
+		if (cdp_dirtymap_persist(sp->o.dm, &err)) {
+			cdp_log_warn("splitter: bitmap: %s", err.msg);
+			return;
+		}
+		pthread_mutex_lock(&sp->mu);
+		sp->bitmap_wid = wid;
+		pthread_mutex_unlock(&sp->mu);
+		cdp_actlog_settle(sp->o.al, wid);
+		return;
+	}
+	for (unsigned i = 0; i < sp->nvol; i++) {
+		struct vol *v = &sp->vols[i];
+		bool need;
+
+		pthread_mutex_lock(&sp->mu);
+		need = v->last_write_wid > v->flushed_wid && sp->acked_wid > v->flushed_wid;
+		wid = sp->wid;
+		pthread_mutex_unlock(&sp->mu);
+		if (need && fdatasync(v->fd) == 0) {
+			pthread_mutex_lock(&sp->mu);
+			v->flushed_wid = CDP_MAX(v->flushed_wid, wid);
+			pthread_mutex_unlock(&sp->mu);
+		}
+	}
+	settle(sp);
+}
+
+void cdp_splitter_tick(struct cdp_splitter *sp)
+{
+	int64_t now;
+	bool cut = false;
+
+	pthread_mutex_lock(&sp->mu);
+	now = cdp_stamp_clock_now(&sp->stamp);
+	if (!sp->next_point)
+		sp->next_point = now + sp->o.point_interval_ns;
+	if (now >= sp->next_point) {
+		cut_locked(sp, true, now);
+		/* The next interval ends one interval after this cut (no burst after a stall). */
+		sp->next_point = now + sp->o.point_interval_ns;
+		cut = true;
+	}
+	pthread_mutex_unlock(&sp->mu);
+	if (cut)
+		settle_step(sp);
+}
+
+int cdp_splitter_mark(struct cdp_splitter *sp, const char *name, struct cdp_err *err)
+{
+	struct cdp_record r = { .kind = CDP_REC_MARK };
+	size_t n = strlen(name);
+	int rc;
+
+	if (!n || n > CDP_MARK_NAME_MAX)
+		return cdp_err_set(err, -EINVAL, "mark: name of %zu bytes (1..%d)", n,
+				   CDP_MARK_NAME_MAX);
+	r.length = (uint32_t)n;
+	r.payload = (const uint8_t *)name;
+	pthread_mutex_lock(&sp->mu);
+	if (sp->mode != CDP_SPLIT_CONTINUOUS)
+		rc = cdp_err_set(err, -EAGAIN, "mark %s: the plan is in incremental mode", name);
+	else
+		rc = add_record_locked(sp, &r, err);
+	pthread_mutex_unlock(&sp->mu);
+	return rc;
+}
+
+/* The activity log may let go of extents whose writes are acked and flushed. */
+static void settle(struct cdp_splitter *sp)
+{
+	uint64_t safe;
+
+	pthread_mutex_lock(&sp->mu);
+	safe = sp->acked_wid;
+	for (unsigned i = 0; i < sp->nvol; i++) {
+		struct vol *v = &sp->vols[i];
+
+		if (v->last_write_wid > v->flushed_wid)
+			safe = CDP_MIN(safe, v->flushed_wid);
+	}
+	pthread_mutex_unlock(&sp->mu);
+	cdp_actlog_settle(sp->o.al, safe);
+}
+
+void cdp_splitter_acked(struct cdp_splitter *sp, uint64_t durable_seq)
+{
+	uint64_t wid = cdp_cache_ack(sp->o.cache, durable_seq);
+
+	pthread_mutex_lock(&sp->mu);
+	sp->acked_seq = CDP_MAX(sp->acked_seq, durable_seq);
+	sp->acked_wid = CDP_MAX(sp->acked_wid, wid);
+	pthread_mutex_unlock(&sp->mu);
+	settle(sp);
+}
+
+/* ---- resync and full sync -------------------------------------------------- */
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i += 8) {
+		uint64_t w;
+
+		memcpy(&w, p + i, 8);
+		if (w)
+			return false;
+	}
+	return true;
+}
+
+/* One block run under the range lock: read, then a RESYNC record with its seq. */
+static int resync_run(struct cdp_splitter *sp, struct vol *v, uint64_t off, uint32_t len,
+		      uint8_t *buf, bool known_hole, struct cdp_err *err)
+{
+	struct rl_node n = { .off = off, .len = len };
+	struct cdp_record r = { .flags = CDP_REC_F_RESYNC };
+	int rc = 0;
+
+	rl_take_wait(v, &n);
+	if (!known_hole)
+		rc = source_read(v, buf, off, len);
+	if (rc) {
+		rl_release(v, &n);
+		return cdp_err_sys(err, rc, "resync: %s: read at %" PRIu64, v->name, off);
+	}
+	r.volume = v->id;
+	r.offset = off;
+	r.length = len;
+	if (known_hole || all_zero(buf, len)) {
+		r.kind = CDP_REC_ZERO;
+	} else {
+		r.kind = CDP_REC_WRITE;
+		r.payload = buf;
+	}
+	pthread_mutex_lock(&sp->mu);
+	if (sp->mode != CDP_SPLIT_CONTINUOUS) {
+		rc = cdp_err_set(err, -ECANCELED, "resync: the plan went incremental");
+	} else {
+		rc = add_record_locked(sp, &r, err);
+		if (!rc && r.kind == CDP_REC_WRITE)
+			sp->st.resync_bytes += len;
+		else if (!rc)
+			sp->st.resync_zero_bytes += len;
+		if (!rc && sp->have_ckpt) {
+			sp->ckpt_volume = v->id;
+			sp->ckpt_offset = off + len;
+		}
+	}
+	pthread_mutex_unlock(&sp->mu);
+	rl_release(v, &n);
+	return rc;
+}
+
+static int sync_marker(struct cdp_splitter *sp, uint16_t kind, const struct cdp_sync_info *si,
+		       struct cdp_err *err)
+{
+	uint8_t payload[CDP_SYNC_INFO_LEN];
+	struct cdp_record r = { .kind = kind, .length = CDP_SYNC_INFO_LEN, .payload = payload };
+	int rc;
+
+	cdp_sync_info_encode(si, payload);
+	pthread_mutex_lock(&sp->mu);
+	if (sp->mode != CDP_SPLIT_CONTINUOUS)
+		rc = cdp_err_set(err, -ECANCELED, "resync: the plan went incremental");
+	else
+		rc = add_record_locked(sp, &r, err);
+	pthread_mutex_unlock(&sp->mu);
+	return rc;
+}
+
+/* Pacing: sleeps so that @bytes since @t0 stay under @rate (a throttle, not a wait for state). */
+static void pace(int64_t t0, uint64_t bytes, uint64_t rate)
+{
+	struct timespec now, ts;
+	int64_t due, at;
+
+	if (!rate)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	at = now.tv_sec * CDP_NS_PER_SEC + now.tv_nsec - t0;
+	due = (int64_t)((double)bytes / (double)rate * 1e9);
+	if (due <= at)
+		return;
+	ts.tv_sec = (due - at) / CDP_NS_PER_SEC;
+	ts.tv_nsec = (due - at) % CDP_NS_PER_SEC;
+	nanosleep(&ts, NULL);
+}
+
+int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_volume,
+			uint64_t from_offset, const _Atomic bool *stop, uint64_t rate_bps,
+			struct cdp_err *err)
+{
+	struct cdp_sync_info si = { .kind = kind };
+	uint8_t *buf = cdp_xaligned_alloc(4096, SYNC_CHUNK);
+	struct timespec t0s;
+	uint64_t bytes = 0;
+	int64_t t0;
+	int rc;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0s);
+	t0 = t0s.tv_sec * CDP_NS_PER_SEC + t0s.tv_nsec;
+	pthread_mutex_lock(&sp->mu);
+	if (!sp->enc) {
+		pthread_mutex_unlock(&sp->mu);
+		free(buf);
+		return cdp_err_set(err, -EAGAIN, "resync: capture has not started (no link yet)");
+	}
+	si.sync_id = (uint64_t)cdp_clock_wall_ns(sp->clock);
+	sp->mode = CDP_SPLIT_CONTINUOUS;
+	sp->have_ckpt = kind == CDP_SYNC_FULL;
+	sp->ckpt_sync = si;
+	sp->ckpt_volume = from_volume;
+	sp->ckpt_offset = from_offset;
+	pthread_mutex_unlock(&sp->mu);
+	rc = sync_marker(sp, CDP_REC_SYNC_BEGIN, &si, err);
+	for (unsigned vi = from_volume; !rc && vi < sp->nvol; vi++) {
+		struct vol *v = &sp->vols[vi];
+		uint64_t off = vi == from_volume ? from_offset : 0;
+
+		while (!rc && off < v->size) {
+			uint64_t doff, dlen;
+			bool hole = false;
+
+			if (stop && atomic_load(stop)) {
+				rc = cdp_err_set(err, -ECANCELED, "resync: stopped");
+				break;
+			}
+			if (kind == CDP_SYNC_FULL) {
+				off_t data = v->blockdev ? (off_t)off : lseek(v->fd, (off_t)off, SEEK_DATA);
+
+				doff = off;
+				dlen = CDP_MIN((uint64_t)SYNC_CHUNK, v->size - off);
+				if (data < 0 || (uint64_t)data > off) {
+					/* A hole up to @data (or to the end): ZERO records, no reads. */
+					uint64_t end = data < 0 ? v->size : CDP_MIN((uint64_t)data, v->size);
+
+					dlen = CDP_MIN(dlen, end - off);
+					hole = true;
+				}
+			} else {
+				/* Clear before reading: a write after this is a record anyway. */
+				pthread_mutex_lock(&sp->mu);
+				if (!cdp_dirtymap_next(sp->o.dm, vi, off, SYNC_CHUNK, &doff, &dlen)) {
+					pthread_mutex_unlock(&sp->mu);
+					break;
+				}
+				cdp_dirtymap_clear(sp->o.dm, vi, doff, dlen);
+				pthread_mutex_unlock(&sp->mu);
+			}
+			rc = resync_run(sp, v, doff, (uint32_t)dlen, buf, hole, err);
+			if (!hole) {
+				bytes += dlen;
+				pace(t0, bytes, rate_bps);
+			}
+			off = doff + dlen;
+		}
+	}
+	if (!rc)
+		rc = sync_marker(sp, CDP_REC_SYNC_END, &si, err);
+	pthread_mutex_lock(&sp->mu);
+	sp->have_ckpt = false;
+	cut_locked(sp, false, 0);
+	pthread_mutex_unlock(&sp->mu);
+	free(buf);
+	return rc;
+}
+
+/* ---- open, close, stats ----------------------------------------------------- */
+
+struct cdp_export *cdp_splitter_export(struct cdp_splitter *sp, unsigned volume)
+{
+	return volume < sp->nvol ? &sp->vols[volume].exp : NULL;
+}
+
+uint64_t cdp_splitter_volume_size(struct cdp_splitter *sp, unsigned volume)
+{
+	return volume < sp->nvol ? sp->vols[volume].size : 0;
+}
+
+static int vol_open(struct cdp_splitter *sp, struct vol *v, unsigned i, struct cdp_err *err)
+{
+	struct stat st;
+
+	v->sp = sp;
+	v->id = i;
+	snprintf(v->name, sizeof(v->name), "%s", sp->o.names[i]);
+	v->fd = open(sp->o.paths[i], O_RDWR | O_CLOEXEC);
+	if (v->fd < 0)
+		return cdp_err_sys(err, -errno, "volume %s: open %s", v->name, sp->o.paths[i]);
+	if (fstat(v->fd, &st))
+		return cdp_err_sys(err, -errno, "volume %s: stat %s", v->name, sp->o.paths[i]);
+	v->blockdev = S_ISBLK(st.st_mode);
+	if (v->blockdev) {
+		if (ioctl(v->fd, BLKGETSIZE64, &v->size))
+			return cdp_err_sys(err, -errno, "volume %s: size of %s", v->name,
+					   sp->o.paths[i]);
+	} else {
+		v->size = (uint64_t)st.st_size;
+	}
+	if (!v->size || v->size % CDP_SECTOR)
+		return cdp_err_set(err, -EINVAL, "volume %s: size %" PRIu64 " of %s is not a "
+				   "positive multiple of %u", v->name, v->size, sp->o.paths[i],
+				   CDP_SECTOR);
+	v->exp.name = v->name;
+	v->exp.size = v->size;
+	v->exp.min_block = CDP_SECTOR;
+	v->exp.pref_block = 4096;
+	v->exp.max_block = sp->o.max_request;
+	v->exp.can_trim = v->exp.can_zero = v->exp.can_flush = v->exp.can_fua = true;
+	v->exp.submit = vol_submit;
+	v->exp.ctx = v;
+	return 0;
+}
+
+int cdp_splitter_open(const struct cdp_splitter_opts *o, struct cdp_splitter **out,
+		      struct cdp_err *err)
+{
+	struct cdp_splitter *sp;
+	int rc = 0;
+
+	*out = NULL;
+	if (!o->nvolumes || !o->al || !o->dm || !o->cache)
+		return cdp_err_set(err, -EINVAL, "splitter: volumes, activity log, bitmap and "
+				   "cache are required");
+	sp = cdp_xcalloc(1, sizeof(*sp));
+	sp->o = *o;
+	if (!sp->o.point_interval_ns)
+		sp->o.point_interval_ns = CDP_NS_PER_SEC;
+	if (!sp->o.io_threads)
+		sp->o.io_threads = 4;
+	if (!sp->o.max_request)
+		sp->o.max_request = 1u << 20;
+	if (sp->o.max_request > CDP_REC_MAX_WRITE)
+		sp->o.max_request = CDP_REC_MAX_WRITE & ~(CDP_SECTOR - 1);
+	sp->clock = o->clock ? o->clock : cdp_clock_real();
+	cdp_stamp_clock_init(&sp->stamp, sp->clock);
+	sp->mode = CDP_SPLIT_INCREMENTAL;
+	sp->nvol = o->nvolumes;
+	sp->vols = cdp_xcalloc(sp->nvol, sizeof(*sp->vols));
+	for (unsigned i = 0; i < sp->nvol; i++)
+		sp->vols[i].fd = -1;
+	for (unsigned i = 0; i < sp->nvol && !rc; i++)
+		rc = vol_open(sp, &sp->vols[i], i, err);
+	if (rc) {
+		for (unsigned i = 0; i < sp->nvol; i++)
+			if (sp->vols[i].fd >= 0)
+				close(sp->vols[i].fd);
+		free(sp->vols);
+		free(sp);
+		return rc;
+	}
+	pthread_mutex_init(&sp->rl_mu, NULL);
+	pthread_cond_init(&sp->rl_cond, NULL);
+	pthread_mutex_init(&sp->q_mu, NULL);
+	pthread_cond_init(&sp->q_cond, NULL);
+	pthread_cond_init(&sp->idle_cond, NULL);
+	pthread_mutex_init(&sp->mu, NULL);
+	pthread_mutex_init(&sp->seal_mu, NULL);
+	pthread_cond_init(&sp->seal_cond, NULL);
+	sp->workers = cdp_xcalloc(sp->o.io_threads, sizeof(*sp->workers));
+	for (unsigned i = 0; i < sp->o.io_threads; i++)
+		cdp_thread_start(&sp->workers[i], "split/io", worker_main, sp);
+	cdp_thread_start(&sp->sealer, "split/seal", seal_main, sp);
+	*out = sp;
+	return 0;
+}
+
+void cdp_splitter_close(struct cdp_splitter *sp)
+{
+	if (!sp)
+		return;
+	pthread_mutex_lock(&sp->q_mu);
+	while (sp->inflight)
+		pthread_cond_wait(&sp->idle_cond, &sp->q_mu);
+	sp->q_stop = true;
+	pthread_cond_broadcast(&sp->q_cond);
+	pthread_mutex_unlock(&sp->q_mu);
+	for (unsigned i = 0; i < sp->o.io_threads; i++)
+		pthread_join(sp->workers[i], NULL);
+	pthread_mutex_lock(&sp->seal_mu);
+	sp->seal_stop = true;
+	pthread_cond_broadcast(&sp->seal_cond);
+	pthread_mutex_unlock(&sp->seal_mu);
+	pthread_join(sp->sealer, NULL);
+	while (sp->seal_head) {
+		struct seal_item *it = sp->seal_head;
+
+		sp->seal_head = it->next;
+		cdp_seg_enc_free(it->enc);
+		free(it);
+	}
+	for (unsigned i = 0; i < sp->nfree_enc; i++)
+		cdp_seg_enc_free(sp->free_enc[i]);
+	cdp_seg_enc_free(sp->enc);
+	for (unsigned i = 0; i < sp->nvol; i++)
+		close(sp->vols[i].fd);
+	free(sp->vols);
+	free(sp->workers);
+	pthread_cond_destroy(&sp->seal_cond);
+	pthread_mutex_destroy(&sp->seal_mu);
+	pthread_mutex_destroy(&sp->mu);
+	pthread_cond_destroy(&sp->idle_cond);
+	pthread_cond_destroy(&sp->q_cond);
+	pthread_mutex_destroy(&sp->q_mu);
+	pthread_cond_destroy(&sp->rl_cond);
+	pthread_mutex_destroy(&sp->rl_mu);
+	free(sp);
+}
+
+void cdp_splitter_stats(struct cdp_splitter *sp, struct cdp_splitter_stats *st)
+{
+	pthread_mutex_lock(&sp->mu);
+	*st = sp->st;
+	st->mode = sp->mode;
+	pthread_mutex_unlock(&sp->mu);
+	pthread_mutex_lock(&sp->seal_mu);
+	st->seal_backlog = sp->seal_backlog;
+	pthread_mutex_unlock(&sp->seal_mu);
+}
