@@ -166,6 +166,7 @@ struct agent {
 	int64_t down_since;	/* mono ns, 0 while up */
 	uint64_t sent_pos;	/* cache position sent on the current stream */
 	uint64_t sent_hi;	/* highest record seq sent on it */
+	uint64_t resume_pos;	/* the welcome's answer: send cache entries after it */
 	uint64_t durable;	/* highest acked seq */
 	int64_t last_progress;	/* mono ns of the last ack (or stream start) */
 	pthread_t tick, link, sync;
@@ -306,20 +307,20 @@ static void on_welcome(struct agent *a, const Cdp__V1__CaptureWelcome *w)
 	struct cdp_cache_stats cst;
 	bool resume_cache, full_unfinished, first;
 	uint8_t digest[CDP_DIGEST_LEN] = { 0 };
+	uint64_t after = 0;
 
 	if (w->digest.len == CDP_DIGEST_LEN)
 		memcpy(digest, w->digest.data, CDP_DIGEST_LEN);
-	cdp_cache_stats(a->cache, &cst);
 	pthread_mutex_lock(&a->mu);
 	first = !a->started;
 	a->epoch = w->epoch;
 	a->plan_id = w->plan_id;
 	a->durable = w->durable_seq;
-	/* The cache holds everything after the journal's durable seq? */
-	resume_cache = a->started && cdp_splitter_mode(a->sp) == CDP_SPLIT_CONTINUOUS &&
-		       (!cst.first_seq || cst.first_seq <= w->durable_seq + 1);
 	pthread_mutex_unlock(&a->mu);
-	cdp_splitter_acked(a->sp, w->durable_seq);
+	/* Drop what the journal has, then find where its chain ends in the cache. */
+	cdp_splitter_acked(a->sp, w->durable_seq, digest);
+	resume_cache = !first && cdp_splitter_mode(a->sp) == CDP_SPLIT_CONTINUOUS &&
+		       cdp_cache_resume(a->cache, digest, &after) == 0;
 	if (!resume_cache) {
 		struct cdp_err err = CDP_ERR_INIT;
 
@@ -329,8 +330,15 @@ static void on_welcome(struct agent *a, const Cdp__V1__CaptureWelcome *w)
 			cdp_log_err("agent: %s", err.msg);
 		cdp_splitter_continue(a->sp, w->plan_id, w->epoch, w->durable_seq, digest,
 				      w->last_time_ns);
+		cdp_cache_stats(a->cache, &cst);
+		after = cst.last_pos;
 	}
-	full_unfinished = w->has_checkpoint && w->checkpoint && w->checkpoint->kind == CDP_SYNC_FULL;
+	pthread_mutex_lock(&a->mu);
+	a->resume_pos = after;
+	pthread_mutex_unlock(&a->mu);
+	/* A finished full sync leaves its checkpoint past the last volume. */
+	full_unfinished = w->has_checkpoint && w->checkpoint &&
+			  w->checkpoint->kind == CDP_SYNC_FULL && w->checkpoint->volume < a->nvol;
 	pthread_mutex_lock(&a->mu);
 	a->started = true;
 	if (!a->syncing) {
@@ -460,7 +468,9 @@ static void *rx_main(void *arg)
 			pthread_mutex_lock(&a->mu);
 			a->durable = CDP_MAX(a->durable, d->ack->durable_seq);
 			pthread_mutex_unlock(&a->mu);
-			cdp_splitter_acked(a->sp, d->ack->durable_seq);
+			cdp_splitter_acked(a->sp, d->ack->durable_seq,
+					   d->ack->digest.len == CDP_DIGEST_LEN ?
+					   d->ack->digest.data : NULL);
 		} else if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_COMMAND && d->command) {
 			on_command(a, d->command);
 		} else if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_NOTICE && d->notice) {
@@ -521,6 +531,7 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 	pthread_mutex_unlock(&x.mu);
 	if (x.welcomed) {
 		pthread_mutex_lock(&a->mu);
+		pos = a->resume_pos;
 		a->link_up = true;
 		a->down_since = 0;
 		pthread_cond_broadcast(&a->cond);
@@ -531,7 +542,7 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 		Cdp__V1__Segment sg = CDP__V1__SEGMENT__INIT;
 		Cdp__V1__SyncCheckpoint ck = CDP__V1__SYNC_CHECKPOINT__INIT;
 		uint8_t head[CDP_CAPTURE_UP_HEAD_MAX];
-		uint64_t durable, s_last;
+		uint64_t s_last;
 		uint32_t s_nrec;
 		size_t hl;
 		int rc;
@@ -539,13 +550,6 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 		if (!s)
 			continue;
 		pos = s->pos;
-		pthread_mutex_lock(&a->mu);
-		durable = a->durable;
-		pthread_mutex_unlock(&a->mu);
-		if (s->last_seq <= durable && (s->nrecords || s->first_seq <= durable)) {
-			cdp_cache_put(s);	/* the journal has it */
-			continue;
-		}
 		if (s->has_ckpt) {
 			ck.sync_id = s->ckpt_sync_id;
 			ck.kind = s->ckpt_kind;

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "common/util.h"
@@ -20,6 +21,7 @@ struct cdp_cache {
 	uint64_t next_pos;
 	uint64_t wakes;
 	uint64_t pushed, refused;
+	uint8_t base[32];	/* digest the head follows */
 };
 
 struct cdp_cache *cdp_cache_new(uint64_t max_bytes)
@@ -46,6 +48,7 @@ void cdp_cache_seg_free(struct cdp_cache_seg *s)
 /* Unlinked from the list: the list's own reference goes. Lock held. */
 static void drop_locked(struct cdp_cache *c, struct cdp_cache_seg *s)
 {
+	memcpy(c->base, s->digest, sizeof(c->base));
 	c->bytes -= s->len;
 	c->segments--;
 	cdp_cache_put(s);
@@ -141,23 +144,58 @@ void cdp_cache_wake(struct cdp_cache *c)
 	pthread_mutex_unlock(&c->mu);
 }
 
-uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq)
+uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq, const uint8_t *digest)
 {
+	struct cdp_cache_seg *upto = NULL;
 	uint64_t wid = 0;
 
 	pthread_mutex_lock(&c->mu);
-	while (c->head && c->head->last_seq <= durable_seq &&
-	       c->head->first_seq <= durable_seq + 1) {
+	for (struct cdp_cache_seg *s = c->head; s; s = s->next) {
+		if (digest ? !memcmp(s->digest, digest, sizeof(s->digest)) :
+			     s->nrecords && s->last_seq <= durable_seq)
+			upto = s;
+		if (digest ? upto != NULL : s->nrecords && s->last_seq > durable_seq)
+			break;
+	}
+	while (upto && c->head) {
 		struct cdp_cache_seg *s = c->head;
+		bool last = s == upto;
 
 		c->head = s->next;
 		if (!c->head)
 			c->tail = NULL;
 		wid = CDP_MAX(wid, s->max_wid);
 		drop_locked(c, s);
+		if (last)
+			break;
 	}
 	pthread_mutex_unlock(&c->mu);
 	return wid;
+}
+
+void cdp_cache_set_base(struct cdp_cache *c, const uint8_t digest[32])
+{
+	pthread_mutex_lock(&c->mu);
+	memcpy(c->base, digest, sizeof(c->base));
+	pthread_mutex_unlock(&c->mu);
+}
+
+int cdp_cache_resume(struct cdp_cache *c, const uint8_t digest[32], uint64_t *after)
+{
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&c->mu);
+	if (!memcmp(c->base, digest, sizeof(c->base))) {
+		*after = c->head ? c->head->pos - 1 : c->next_pos - 1;
+		rc = 0;
+	}
+	for (struct cdp_cache_seg *s = c->head; s && rc; s = s->next)
+		if (!memcmp(s->digest, digest, sizeof(s->digest))) {
+			*after = s->pos;
+			rc = 0;
+		}
+	pthread_mutex_unlock(&c->mu);
+	return rc;
 }
 
 void cdp_cache_drop_all(struct cdp_cache *c, void (*fn)(void *arg, const struct cdp_cache_seg *s),

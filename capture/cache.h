@@ -34,6 +34,7 @@ struct cdp_cache_seg {
 	int64_t t_last;
 	uint32_t nrecords;
 	uint64_t max_wid;	/* the splitter's write id of its newest write */
+	uint8_t digest[32];	/* its chain digest (from its header) */
 	bool has_ckpt;		/* a full-sync checkpoint rides on it */
 	uint64_t ckpt_sync_id, ckpt_offset;
 	uint32_t ckpt_kind, ckpt_volume;
@@ -67,11 +68,25 @@ void cdp_cache_put(struct cdp_cache_seg *s);
 void cdp_cache_wake(struct cdp_cache *c);
 
 /*
- * Drops entries the journal has made durable: every segment whose records
- * are all <= @durable_seq (heartbeats: last_seq <= durable_seq). Returns the
- * max_wid of the newest entry dropped (0 if none).
+ * Drops entries the journal has made durable: the entry whose digest is
+ * @digest and everything before it (heartbeats have no seq of their own, so
+ * the digest says which one an ack is for). Without a digest (NULL), every
+ * entry with records whose records are all <= @durable_seq and the
+ * heartbeats before it. Returns the max_wid of the newest entry dropped (0
+ * if none).
  */
-uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq);
+uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq, const uint8_t *digest);
+
+/* The chain digest the oldest entry follows (its predecessor's, once dropped). */
+void cdp_cache_set_base(struct cdp_cache *c, const uint8_t digest[32]);
+
+/*
+ * Where to resend from after the journal said its chain ends at @digest:
+ * 0 with *@after = the position to send after (every later entry is
+ * missing there), or -ENOENT when no cached entry nor the base has that
+ * digest (the cache cannot bridge the journal's gap).
+ */
+int cdp_cache_resume(struct cdp_cache *c, const uint8_t digest[32], uint64_t *after);
 
 /*
  * Drops everything, calling @fn on each entry first (oldest first): the

@@ -660,6 +660,7 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 	cs->ckpt_kind = it->ckpt_sync.kind;
 	cs->ckpt_volume = it->ckpt_volume;
 	cs->ckpt_offset = it->ckpt_offset;
+	memcpy(cs->digest, sp->digest, CDP_DIGEST_LEN);
 	cs->data = out.data;	/* taken */
 	cs->len = out.len;
 
@@ -759,6 +760,7 @@ void cdp_splitter_continue(struct cdp_splitter *sp, uint64_t plan_id, uint64_t e
 		sp->mode = CDP_SPLIT_CONTINUOUS;
 	pthread_mutex_unlock(&sp->mu);
 	memcpy(sp->digest, digest, CDP_DIGEST_LEN);	/* the seal thread is idle */
+	cdp_cache_set_base(sp->o.cache, digest);
 }
 
 int cdp_splitter_go_incremental(struct cdp_splitter *sp, const char *why, struct cdp_err *err)
@@ -905,9 +907,9 @@ static void settle(struct cdp_splitter *sp)
 	cdp_actlog_settle(sp->o.al, safe);
 }
 
-void cdp_splitter_acked(struct cdp_splitter *sp, uint64_t durable_seq)
+void cdp_splitter_acked(struct cdp_splitter *sp, uint64_t durable_seq, const uint8_t *digest)
 {
-	uint64_t wid = cdp_cache_ack(sp->o.cache, durable_seq);
+	uint64_t wid = cdp_cache_ack(sp->o.cache, durable_seq, digest);
 
 	pthread_mutex_lock(&sp->mu);
 	sp->acked_seq = CDP_MAX(sp->acked_seq, durable_seq);
@@ -1080,8 +1082,13 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 	if (!rc)
 		rc = sync_marker(sp, CDP_REC_SYNC_END, &si, err);
 	pthread_mutex_lock(&sp->mu);
-	sp->have_ckpt = false;
+	if (!rc && sp->have_ckpt) {
+		/* Done: the checkpoint past the last volume rides on the SYNC_END. */
+		sp->ckpt_volume = sp->nvol;
+		sp->ckpt_offset = 0;
+	}
 	cut_locked(sp, false, 0);
+	sp->have_ckpt = false;
 	pthread_mutex_unlock(&sp->mu);
 	free(buf);
 	return rc;

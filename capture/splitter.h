@@ -110,8 +110,11 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 void cdp_splitter_tick(struct cdp_splitter *sp);
 /* A MARK record with the next seq (CONTINUOUS only; -EAGAIN otherwise). */
 int cdp_splitter_mark(struct cdp_splitter *sp, const char *name, struct cdp_err *err);
-/* The journal made every seq <= @durable_seq durable. */
-void cdp_splitter_acked(struct cdp_splitter *sp, uint64_t durable_seq);
+/*
+ * The journal made every seq <= @durable_seq durable, and the segment with
+ * chain digest @digest (NULL: not said) and everything before it.
+ */
+void cdp_splitter_acked(struct cdp_splitter *sp, uint64_t durable_seq, const uint8_t *digest);
 
 struct cdp_splitter_stats {
 	enum cdp_split_mode mode;

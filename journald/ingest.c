@@ -367,6 +367,8 @@ static void append_done(struct cdp_journal_append *a)
 		Cdp__V1__Ack ack = CDP__V1__ACK__INIT;
 
 		ack.durable_seq = a->h.nrecords ? a->h.last_seq : a->h.first_seq - 1;
+		ack.digest.data = a->h.digest;
+		ack.digest.len = CDP_DIGEST_LEN;
 		down.msg_case = CDP__V1__CAPTURE_DOWN__MSG_ACK;
 		down.ack = &ack;
 		send_down(s, &down);
