@@ -105,9 +105,10 @@ static const struct cdp_conf_option options[] = {
 	  .min = 1, .max = 64, .flags = CDP_CONF_F_RESTART,
 	  .help = "Threads doing source I/O." },
 	{ "cache", "size", CDP_CONF_SIZE_AT(struct agent_conf, cache_size), .def = "256MiB",
-	  .min = 4 * CDP_CONF_MIB, .max = 64 * CDP_CONF_GIB, .flags = CDP_CONF_F_RESTART,
+	  .min = 16 * CDP_CONF_MIB, .max = 64 * CDP_CONF_GIB, .flags = CDP_CONF_F_RESTART,
 	  .help = "Memory for segments the journal server has not acknowledged; when full, "
-	  "the agent goes to incremental mode." },
+	  "the agent goes to incremental mode. Syncs leave 8 MiB of it to continuous "
+	  "capture." },
 	{ "actlog", "extent_size", CDP_CONF_SIZE_AT(struct agent_conf, extent_size),
 	  .def = "4MiB", .min = 64 * CDP_CONF_KIB, .max = CDP_CONF_GIB,
 	  .flags = CDP_CONF_F_RESTART, .help = "Activity log extent (a power of two)." },
@@ -151,6 +152,10 @@ struct agent {
 	struct cdp_nbd_server *nbd[MAX_VOLUMES];
 	struct cdp_rpc_channel *ch;
 	_Atomic bool stop;
+	/* Capture went incremental while the link was up: segments the journal
+	 * may never get were dropped, so the stream restarts and the next welcome
+	 * re-anchors the chain before the resync. */
+	_Atomic bool restream;
 
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
@@ -382,6 +387,7 @@ static void on_command(struct agent *a, const Cdp__V1__Command *c)
 			     c->resync->n_ranges, c->resync->reason);
 		if (cdp_splitter_go_incremental(a->sp, "resync requested", &err))
 			cdp_log_err("agent: %s", err.msg);
+		atomic_store(&a->restream, true);
 		pthread_mutex_lock(&a->mu);
 		if (!a->syncing) {
 			a->want_sync = true;
@@ -475,9 +481,11 @@ static void *rx_main(void *arg)
 			on_command(a, d->command);
 		} else if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_NOTICE && d->notice) {
 			cdp_log_warn("agent: journal server: %s", d->notice->text);
-			if (d->notice->kind == CDP__V1__NOTICE__KIND__KIND_JOURNAL_FULL &&
-			    cdp_splitter_go_incremental(a->sp, "journal full", &err))
-				cdp_log_err("agent: %s", err.msg);
+			if (d->notice->kind == CDP__V1__NOTICE__KIND__KIND_JOURNAL_FULL) {
+				if (cdp_splitter_go_incremental(a->sp, "journal full", &err))
+					cdp_log_err("agent: %s", err.msg);
+				atomic_store(&a->restream, true);
+			}
 		}
 		cdp__v1__capture_down__free_unpacked(d, NULL);
 	}
@@ -518,6 +526,7 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 	a->sent_pos = 0;
 	a->sent_hi = 0;
 	pthread_mutex_unlock(&a->mu);
+	atomic_store(&a->restream, false);
 	if (send_hello(a, st, &err)) {
 		cdp_log_warn("agent: hello: %s", err.msg);
 		pthread_mutex_destroy(&x.mu);
@@ -537,7 +546,8 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 		pthread_cond_broadcast(&a->cond);
 		pthread_mutex_unlock(&a->mu);
 	}
-	while (x.welcomed && !atomic_load(&x.dead) && !atomic_load(&a->stop)) {
+	while (x.welcomed && !atomic_load(&x.dead) && !atomic_load(&a->stop) &&
+	       !atomic_load(&a->restream)) {
 		struct cdp_cache_seg *s = cdp_cache_next(a->cache, pos, 100 * CDP_NS_PER_MS);
 		Cdp__V1__Segment sg = CDP__V1__SEGMENT__INIT;
 		Cdp__V1__SyncCheckpoint ck = CDP__V1__SYNC_CHECKPOINT__INIT;
@@ -623,6 +633,15 @@ static void *link_main(void *arg)
 
 /* ---- start and stop ------------------------------------------------------- */
 
+/* The splitter fell back to incremental mode on its own (log cache full). */
+static void on_incremental(void *arg, const char *why)
+{
+	struct agent *a = arg;
+
+	atomic_store(&a->restream, true);
+	cdp_cache_wake(a->cache);
+}
+
 static int agent_open(struct agent *a, struct cdp_err *err)
 {
 	struct cdp_actlog_opts ao = { 0 };
@@ -677,6 +696,8 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	so.max_request = (uint32_t)a->cfg.max_request;
 	so.al = a->al;
 	so.cache = a->cache;
+	so.on_incremental = on_incremental;
+	so.arg = a;
 	mo.nvolumes = a->nvol;
 	mo.volume_sizes = a->sizes;
 	mo.granularity = (uint32_t)a->cfg.bitmap_granularity;

@@ -93,11 +93,9 @@ int cdp_cache_push(struct cdp_cache *c, struct cdp_cache_seg *s)
 	return 0;
 }
 
-struct cdp_cache_seg *cdp_cache_next(struct cdp_cache *c, uint64_t after, int64_t timeout_ns)
+static struct timespec deadline(int64_t timeout_ns)
 {
 	struct timespec until;
-	struct cdp_cache_seg *s = NULL;
-	uint64_t wakes;
 
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += timeout_ns / CDP_NS_PER_SEC;
@@ -106,6 +104,34 @@ struct cdp_cache_seg *cdp_cache_next(struct cdp_cache *c, uint64_t after, int64_
 		until.tv_sec++;
 		until.tv_nsec -= CDP_NS_PER_SEC;
 	}
+	return until;
+}
+
+bool cdp_cache_wait_room(struct cdp_cache *c, uint64_t max_used, int64_t timeout_ns)
+{
+	struct timespec until = deadline(timeout_ns);
+	bool ok;
+
+	pthread_mutex_lock(&c->mu);
+	while (c->bytes > max_used)
+		if (pthread_cond_timedwait(&c->cond, &c->mu, &until) == ETIMEDOUT)
+			break;
+	ok = c->bytes <= max_used;
+	pthread_mutex_unlock(&c->mu);
+	return ok;
+}
+
+uint64_t cdp_cache_max_bytes(const struct cdp_cache *c)
+{
+	return c->max_bytes;
+}
+
+struct cdp_cache_seg *cdp_cache_next(struct cdp_cache *c, uint64_t after, int64_t timeout_ns)
+{
+	struct timespec until = deadline(timeout_ns);
+	struct cdp_cache_seg *s = NULL;
+	uint64_t wakes;
+
 	pthread_mutex_lock(&c->mu);
 	wakes = c->wakes;
 	for (;;) {
@@ -169,6 +195,8 @@ uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq, const uint8_t 
 		if (last)
 			break;
 	}
+	if (upto)
+		pthread_cond_broadcast(&c->cond);	/* room for a waiting sync */
 	pthread_mutex_unlock(&c->mu);
 	return wid;
 }

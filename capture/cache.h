@@ -64,6 +64,14 @@ void cdp_cache_seg_free(struct cdp_cache_seg *s);
 struct cdp_cache_seg *cdp_cache_next(struct cdp_cache *c, uint64_t after, int64_t timeout_ns);
 void cdp_cache_get(struct cdp_cache_seg *s);
 void cdp_cache_put(struct cdp_cache_seg *s);
+/*
+ * Waits up to @timeout_ns (real monotonic clock) until the cache holds at
+ * most @max_used bytes; returns whether it does. Syncs use it so that their
+ * records never fill the cache that CDP records need.
+ */
+bool cdp_cache_wait_room(struct cdp_cache *c, uint64_t max_used, int64_t timeout_ns);
+uint64_t cdp_cache_max_bytes(const struct cdp_cache *c);
+
 /* Wakes every waiter of cdp_cache_next() once. */
 void cdp_cache_wake(struct cdp_cache *c);
 

@@ -49,7 +49,9 @@ int cdp_nbd_server_start(const struct cdp_nbd_opts *o, struct cdp_nbd_server **o
 int cdp_nbd_server_port(const struct cdp_nbd_server *s);	/* TCP only */
 /*
  * Stops accepting, disconnects every client after its in-flight requests
- * completed (their replies are sent when the socket allows), and frees.
+ * completed (their replies are sent when the socket allows; a client that
+ * does not read them is cut off after handshake_timeout_ns), and frees.
+ * @s may be NULL.
  */
 void cdp_nbd_server_stop(struct cdp_nbd_server *s);
 

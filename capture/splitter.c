@@ -100,6 +100,7 @@ struct cdp_splitter {
 	enum cdp_split_mode mode;
 	struct cdp_stamp_clock stamp;
 	uint64_t plan_id, epoch;
+	bool anchored;			/* the chain continues the journal's (continue()) */
 	uint64_t wid;
 	struct cdp_seg_enc *enc;	/* the open segment (CONTINUOUS) */
 	struct cdp_seg_enc *free_enc[ENC_POOL];
@@ -162,7 +163,7 @@ static bool rl_take(struct vol *v, struct rl_node *n)
 	n->granted = false;
 	n->next = NULL;
 	pthread_mutex_lock(&sp->rl_mu);
-	now = !v->wait_head && rl_free_locked(v, n);
+	now = rl_free_locked(v, n);	/* n is not queued: every waiter is earlier */
 	if (now) {
 		rl_activate_locked(v, n);
 	} else {
@@ -459,6 +460,8 @@ static void run_op(struct cdp_splitter *sp, struct op *op)
 		answer(sp, op, -EIO);
 		return;
 	}
+	if (sp->o.before_source_write)
+		sp->o.before_source_write(sp->o.arg, v->id, req);
 	if (req->kind == CDP_IO_WRITE)
 		rc = source_write(v, req);
 	else
@@ -752,6 +755,7 @@ void cdp_splitter_continue(struct cdp_splitter *sp, uint64_t plan_id, uint64_t e
 	sp->enc = cdp_seg_enc_new(plan_id, epoch, durable_seq + 1, digest);
 	cdp_seg_enc_restart(sp->enc, durable_seq + 1, false, sp->t_last);
 	sp->st.next_seq = durable_seq + 1;
+	sp->anchored = true;
 	/* With nothing dirty, records start now; else a resync switches over. */
 	dirty = 0;
 	for (unsigned i = 0; i < sp->nvol; i++)
@@ -773,6 +777,9 @@ int cdp_splitter_go_incremental(struct cdp_splitter *sp, const char *why, struct
 	was = sp->mode == CDP_SPLIT_CONTINUOUS;
 	cut_locked(sp, false, 0);	/* its records get marked like the rest */
 	sp->mode = CDP_SPLIT_INCREMENTAL;
+	/* Dropped segments may never reach the journal: the chain must be
+	 * re-anchored on the journal's head (the next welcome) before records. */
+	sp->anchored = false;
 	pthread_mutex_unlock(&sp->mu);
 	if (was)
 		cdp_log_warn("splitter: incremental mode: %s", why);
@@ -992,6 +999,24 @@ static int sync_marker(struct cdp_splitter *sp, uint16_t kind, const struct cdp_
 	return rc;
 }
 
+#define SYNC_ROOM_POLL (100 * CDP_NS_PER_MS)
+
+/* Waits for cache room for sync records; gives up when stopped or no longer continuous. */
+static int sync_room(struct cdp_splitter *sp, const _Atomic bool *stop, struct cdp_err *err)
+{
+	uint64_t max = cdp_cache_max_bytes(sp->o.cache);
+	uint64_t keep = 2ull * CDP_SEG_MAX_RAW;
+	uint64_t limit = max > 2 * keep ? max - keep : max / 2;
+
+	while (!cdp_cache_wait_room(sp->o.cache, limit, SYNC_ROOM_POLL)) {
+		if (stop && atomic_load(stop))
+			return cdp_err_set(err, -ECANCELED, "resync: stopped");
+		if (cdp_splitter_mode(sp) != CDP_SPLIT_CONTINUOUS)
+			return cdp_err_set(err, -ECANCELED, "resync: the plan went incremental");
+	}
+	return 0;
+}
+
 /* Pacing: sleeps so that @bytes since @t0 stay under @rate (a throttle, not a wait for state). */
 static void pace(int64_t t0, uint64_t bytes, uint64_t rate)
 {
@@ -1024,10 +1049,11 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 	clock_gettime(CLOCK_MONOTONIC, &t0s);
 	t0 = t0s.tv_sec * CDP_NS_PER_SEC + t0s.tv_nsec;
 	pthread_mutex_lock(&sp->mu);
-	if (!sp->enc) {
+	if (!sp->enc || !sp->anchored) {
 		pthread_mutex_unlock(&sp->mu);
 		free(buf);
-		return cdp_err_set(err, -EAGAIN, "resync: capture has not started (no link yet)");
+		return cdp_err_set(err, -EAGAIN, "resync: the chain is not anchored on the "
+				   "journal's yet (waiting for a welcome)");
 	}
 	si.sync_id = (uint64_t)cdp_clock_wall_ns(sp->clock);
 	sp->mode = CDP_SPLIT_CONTINUOUS;
@@ -1070,6 +1096,13 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 				}
 				cdp_dirtymap_clear(sp->o.dm, vi, doff, dlen);
 				pthread_mutex_unlock(&sp->mu);
+			}
+			/* Sync records never crowd out CDP records: leave the open
+			 * segment and one being sealed room in the cache. */
+			if (!hole) {
+				rc = sync_room(sp, stop, err);
+				if (rc)
+					break;
 			}
 			rc = resync_run(sp, v, doff, (uint32_t)dlen, buf, hole, err);
 			if (!hole) {

@@ -63,6 +63,9 @@ struct cdp_splitter_opts {
 	 * to incremental mode on its own (cache full). */
 	void (*on_incremental)(void *arg, const char *why);
 	void *arg;
+	/* Test seam: called on the I/O thread just before a change reaches the
+	 * source (the range is held). NULL in the daemon. */
+	void (*before_source_write)(void *arg, unsigned volume, const struct cdp_io_req *req);
 };
 
 enum cdp_split_mode { CDP_SPLIT_INCREMENTAL, CDP_SPLIT_CONTINUOUS };
@@ -93,6 +96,9 @@ int cdp_splitter_go_incremental(struct cdp_splitter *sp, const char *why, struct
 enum cdp_split_mode cdp_splitter_mode(struct cdp_splitter *sp);
 
 /*
+ * Needs the chain anchored: after cdp_splitter_go_incremental() (which may
+ * drop segments the journal never receives), only a cdp_splitter_continue()
+ * from the journal's head re-anchors it; until then -EAGAIN.
  * Sends dirty blocks as RESYNC records inside SYNC_BEGIN/SYNC_END of @kind
  * (CDP_SYNC_INCREMENTAL, or CDP_SYNC_FULL: every block of every volume, holes
  * and zero blocks as ZERO records, from the checkpoint (@from_volume,

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# cdp-agent when the link to cdp-journald goes silent. The agent dials
+# journald over TCP through tests/integration/blackhole_proxy.py, which can
+# stop forwarding without closing anything (a cut cable, not a clean close).
+# Short limits come from the agent's config.
+#  1. A cut shorter than link.down_limit: nothing lost, the agent catches up
+#     from its log cache, no incremental mode.
+#  2. A cut longer than link.down_limit: the agent notices (no acks for
+#     link.ack_timeout), goes to incremental mode, and after the link returns
+#     resyncs the dirty blocks and captures continuously again.
+#  3. The log cache fills during a cut: incremental mode again, same ending.
+# After each, the newest consistent point restores to the source byte for byte.
+source "$(dirname "$0")/lib.sh"
+requires qemu-io cmp
+
+JD=$CDP_BUILD/journald/cdp-journald
+AGENT=$CDP_BUILD/capture/cdp-agent
+CTL=$CDP_BUILD/tools/cdpctl
+PROXY=$CDP_SRC/tests/integration/blackhole_proxy.py
+SOCK=$T/j.sock
+NBD=$T/vol0.nbd
+SRC=$T/vol0.img
+SIZE=$((32 << 20))
+[ -x "$JD" ] && [ -x "$AGENT" ] && [ -x "$CTL" ] || die "build first: $JD, $AGENT, $CTL"
+
+ctl() { "$CTL" --server "unix:$SOCK" "$@"; }
+qio() { qemu-io -f raw "nbd+unix:///?socket=$NBD" "$@" >/dev/null || die "qemu-io $*"; }
+dump_logs() {
+	# CDP_KEEP_LOG=FILE keeps the whole agent log for a closer look.
+	[ -n "${CDP_KEEP_LOG:-}" ] && cp "$T/cdp-agent.log" "$CDP_KEEP_LOG"
+	for f in "$T"/cdp-journald.log "$T"/cdp-agent.log; do
+		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 25 "$f" >&2; }
+	done
+	true
+}
+cleanup_fn dump_logs
+newest() {
+	ctl --json points db01 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+p = [x for x in json.load(sys.stdin) if x["consistent"]]
+print(p[-1]["seq"] if p else "")'
+}
+restore_matches() {
+	local s
+	s=$(newest)
+	[ -n "$s" ] || return 1
+	rm -rf "$T/out"
+	ctl restore db01 --at "seq:$s" -o "$T/out" >/dev/null 2>&1 || return 1
+	cmp -s "$SRC" "$T/out/vol0.img"
+}
+check_restore() {
+	wait_for 60 restore_matches || die "$1: the newest point never equalled the source"
+	echo "ok: $1"
+}
+# Lines of the agent log after the mark $1 (a line count) that match $2.
+since() { tail -n "+$(($1 + 1))" "$T/cdp-agent.log" | grep -c -- "$2" || true; }
+logmark() { wc -l <"$T/cdp-agent.log"; }
+seen_since() { [ "$(since "$1" "$2")" -gt 0 ]; }
+
+start_daemon -P "$T/jd.pid" "$JD" --state-dir "$T/state" --listen "unix:$SOCK,127.0.0.1:0" \
+	--set journal.verify_interval=50ms
+wait_for 20 grep -q "port [0-9]" "$T/cdp-journald.log" || die "journald did not start"
+JPORT=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$T/cdp-journald.log" | tail -n 1)
+start_daemon -P "$T/proxy.pid" /usr/bin/python3 "$PROXY" 0 127.0.0.1 "$JPORT"
+wait_for 20 grep -q "^ready" "$T/python3.log" || die "proxy did not start"
+PPORT=$(awk '/^ready/ {print $2}' "$T/python3.log")
+
+cat >"$T/db01.plan" <<EOF
+[plan]
+name = db01
+agent = agent-db01
+volumes = vol0:$SIZE
+retention = 1h
+EOF
+cat >"$T/agent.conf" <<EOF
+[agent]
+id = agent-db01
+plan = db01
+state_dir = $T/agent-state
+[server]
+address = 127.0.0.1:$PPORT
+[capture]
+point_interval = 200ms
+[cache]
+size = 16MiB
+[link]
+ack_timeout = 1s
+down_limit = 2s
+reconnect_min = 50ms
+reconnect_max = 300ms
+[sync]
+rate = 0
+[volume0]
+name = vol0
+path = $SRC
+nbd = unix:$NBD
+EOF
+truncate -s "$SIZE" "$SRC"
+head -c $((2 << 20)) /dev/urandom | dd of="$SRC" conv=notrunc status=none
+ctl plan create "$T/db01.plan" >/dev/null || die "plan create"
+start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf"
+wait_for 20 test -S "$NBD" || die "agent did not start"
+wait_for 60 grep -q "sync done" "$T/cdp-agent.log" || die "the full sync did not finish"
+check_restore "full sync through the proxy"
+proxy=$(cat "$T/proxy.pid")
+
+# 1. A short cut: frozen while a write completes, then thawed at once.
+m=$(logmark)
+kill -USR1 "$proxy"
+qio -c "write -P 0x21 1048576 65536"
+kill -USR2 "$proxy"
+check_restore "a short cut"
+[ "$(since "$m" "incremental mode")" -eq 0 ] || die "a short cut sent the agent to incremental mode"
+
+# 2. A cut longer than down_limit: incremental, then resync and back.
+m=$(logmark)
+kill -USR1 "$proxy"
+qio -c "write -P 0x22 2097152 65536"
+wait_for 30 seen_since "$m" "incremental mode: link down longer" ||
+	die "the agent did not go incremental during a long cut"
+qio -c "write -P 0x23 3145728 4096"	# while incremental: only a dirty bit
+kill -USR2 "$proxy"
+wait_for 60 seen_since "$m" "sync done" || die "no resync after the long cut"
+check_restore "a cut longer than the limit"
+
+# 3. The cache fills during a cut (random bytes: zstd cannot shrink them).
+head -c $((1 << 20)) /dev/urandom >"$T/random"
+m=$(logmark)
+kill -USR1 "$proxy"
+cmds=()
+for i in $(seq 0 23); do
+	cmds+=(-c "write -s $T/random $(((4 + i) << 20)) 1048576")
+done
+qio "${cmds[@]}"	# one client, quickly: faster than link.down_limit
+wait_for 30 seen_since "$m" "incremental mode: log cache full" ||
+	die "a full cache did not send the agent to incremental mode"
+kill -USR2 "$proxy"
+wait_for 60 seen_since "$m" "sync done" || die "no resync after the cache filled"
+check_restore "the log cache filled during a cut"
+
+kill -TERM "$(cat "$T/agent.pid")"
+wait "$(cat "$T/agent.pid")" 2>/dev/null || true
+echo "PASS"

@@ -1,0 +1,466 @@
+/*
+ * tests/unit/test_splitter - capture/splitter with real files, the real
+ * activity log and bitmap, and a fake clock: requests go in through the
+ * export's submit() exactly as the NBD front end sends them, and what comes
+ * out is decoded from the sealed segments in the log cache.
+ *
+ *  - the range lock: the first of two overlapping writes is held in the I/O
+ *    seam, and the second does not reach the source until the first is done;
+ *    non-overlapping writes reach it at the same time;
+ *  - records: seqs in completion order, payloads, a FLUSH on receipt,
+ *    POINT_END at each point interval, heartbeats when idle, a chain that
+ *    verifies from the continue digest;
+ *  - incremental mode: changes land in the bitmap, and a resync sends them
+ *    back as RESYNC records between SYNC_BEGIN and SYNC_END;
+ *  - the full sync turns holes and zero blocks into ZERO records.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "capture/splitter.h"
+#include "common/util.h"
+
+#define VOL_SIZE (8u << 20)
+#define WAIT_NS (30 * CDP_NS_PER_SEC)
+
+struct seam {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool hold_first;	/* hold the first write that arrives */
+	bool held, release;
+	unsigned arrived;	/* writes that reached the seam */
+	uint64_t order[64];	/* their offsets, in arrival order */
+};
+
+struct fx {
+	char dir[64];
+	char path[2][96];
+	struct cdp_clock clk;
+	struct cdp_actlog *al;
+	struct cdp_dirtymap *dm;
+	struct cdp_cache *cache;
+	struct cdp_splitter *sp;
+	struct seam seam;
+};
+
+struct done {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	unsigned n;
+	int rc[64];
+};
+
+static struct done dn = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, { 0 } };
+
+static void on_done(struct cdp_io_req *req, int rc)
+{
+	pthread_mutex_lock(&dn.mu);
+	dn.rc[dn.n++ % 64] = rc;
+	pthread_cond_broadcast(&dn.cond);
+	pthread_mutex_unlock(&dn.mu);
+}
+
+static bool wait_cond(pthread_mutex_t *mu, pthread_cond_t *c, bool (*pred)(void *), void *arg)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += WAIT_NS / CDP_NS_PER_SEC;
+	pthread_mutex_lock(mu);
+	while (!pred(arg))
+		if (pthread_cond_timedwait(c, mu, &until) == ETIMEDOUT)
+			break;
+	bool ok = pred(arg);
+
+	pthread_mutex_unlock(mu);
+	return ok;
+}
+
+static unsigned want_done;
+static bool done_reached(void *arg)
+{
+	return dn.n >= want_done;
+}
+
+static void wait_done(unsigned n)
+{
+	want_done = n;
+	assert_true(wait_cond(&dn.mu, &dn.cond, done_reached, NULL));
+}
+
+static void seam_hook(void *arg, unsigned volume, const struct cdp_io_req *req)
+{
+	struct seam *s = arg;
+
+	pthread_mutex_lock(&s->mu);
+	s->order[s->arrived++ % 64] = req->offset;
+	pthread_cond_broadcast(&s->cond);
+	if (s->hold_first && !s->held) {
+		s->held = true;
+		while (!s->release)
+			pthread_cond_wait(&s->cond, &s->mu);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = cdp_xcalloc(1, sizeof(*f));
+	struct cdp_actlog_opts ao = { .nvolumes = 2 };
+	struct cdp_dirtymap_opts mo = { 0 };
+	struct cdp_splitter_opts so = { 0 };
+	static const uint64_t sizes[2] = { VOL_SIZE, VOL_SIZE };
+	const char *names[2] = { "a", "b" }, *paths[2];
+	struct cdp_err err = CDP_ERR_INIT;
+	char p[128];
+
+	snprintf(f->dir, sizeof(f->dir), "/var/tmp/cdp-split-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	for (int i = 0; i < 2; i++) {
+		int fd;
+
+		snprintf(f->path[i], sizeof(f->path[i]), "%s/vol%d.img", f->dir, i);
+		fd = open(f->path[i], O_CREAT | O_RDWR, 0600);
+		assert_true(fd >= 0);
+		assert_int_equal(ftruncate(fd, VOL_SIZE), 0);
+		close(fd);
+		paths[i] = f->path[i];
+	}
+	pthread_mutex_init(&f->seam.mu, NULL);
+	pthread_cond_init(&f->seam.cond, NULL);
+	cdp_clock_fake_init(&f->clk, 1700000000 * CDP_NS_PER_SEC, 1000 * CDP_NS_PER_SEC);
+	snprintf(p, sizeof(p), "%s/actlog", f->dir);
+	assert_int_equal(cdp_actlog_open(p, &ao, &f->al, &err), 0);
+	mo.nvolumes = 2;
+	mo.volume_sizes = sizes;
+	mo.granularity = 4096;
+	snprintf(p, sizeof(p), "%s/bitmap", f->dir);
+	assert_int_equal(cdp_dirtymap_open(p, &mo, &f->dm, &err), 0);
+	f->cache = cdp_cache_new(64u << 20);
+	so.nvolumes = 2;
+	so.names = names;
+	so.paths = paths;
+	so.clock = &f->clk;
+	so.point_interval_ns = CDP_NS_PER_SEC;
+	so.io_threads = 4;
+	so.al = f->al;
+	so.dm = f->dm;
+	so.cache = f->cache;
+	so.before_source_write = seam_hook;
+	so.arg = &f->seam;
+	assert_int_equal(cdp_splitter_open(&so, &f->sp, &err), 0);
+	dn.n = 0;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	char cmd[128];
+
+	cdp_splitter_close(f->sp);
+	cdp_cache_free(f->cache);
+	cdp_dirtymap_close(f->dm);
+	cdp_actlog_close(f->al);
+	pthread_mutex_destroy(&f->seam.mu);
+	pthread_cond_destroy(&f->seam.cond);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	assert_int_equal(system(cmd), 0);
+	free(f);
+	return 0;
+}
+
+static void start_capture(struct fx *f)
+{
+	static const uint8_t zero[CDP_DIGEST_LEN];
+
+	cdp_splitter_continue(f->sp, 7, 1, 0, zero, 0);
+	assert_int_equal(cdp_splitter_mode(f->sp), CDP_SPLIT_CONTINUOUS);
+}
+
+/* A welcome after going incremental: the journal still has nothing. */
+static void start_capture_incremental(struct fx *f)
+{
+	static const uint8_t zero[CDP_DIGEST_LEN];
+
+	cdp_splitter_continue(f->sp, 7, 1, 0, zero, 0);
+	assert_int_equal(cdp_splitter_mode(f->sp), CDP_SPLIT_INCREMENTAL);	/* bits are set */
+}
+
+static void submit(struct fx *f, unsigned vol, struct cdp_io_req *r, enum cdp_io_kind kind,
+		   uint64_t off, uint32_t len, void *data)
+{
+	memset(r, 0, sizeof(*r));
+	r->kind = kind;
+	r->offset = off;
+	r->length = len;
+	r->data = data;
+	r->done = on_done;
+	assert_int_equal(cdp_splitter_export(f->sp, vol)->submit(cdp_splitter_export(f->sp, vol),
+								  r), 0);
+}
+
+/* Cuts a point (fake clock one interval on) and waits for it in the cache. */
+static void point(struct fx *f)
+{
+	struct cdp_cache_stats st, st2;
+	int64_t until = cdp_clock_mono_ns(cdp_clock_real()) + WAIT_NS;
+
+	cdp_cache_stats(f->cache, &st);
+	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+	cdp_splitter_tick(f->sp);	/* the first tick only arms the interval */
+	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+	cdp_splitter_tick(f->sp);
+	do {
+		cdp_cache_stats(f->cache, &st2);
+	} while (st2.pushed == st.pushed && cdp_clock_mono_ns(cdp_clock_real()) < until);
+	assert_true(st2.pushed > st.pushed);
+	/* and anything still being sealed */
+	for (struct cdp_splitter_stats ss;; ) {
+		cdp_splitter_stats(f->sp, &ss);
+		if (!ss.seal_backlog || cdp_clock_mono_ns(cdp_clock_real()) >= until)
+			break;
+	}
+}
+
+/* Decodes every cached segment in order, checking the chain; calls @fn per record. */
+static unsigned walk(struct fx *f, void (*fn)(void *arg, const struct cdp_record *r,
+					     uint32_t seg_flags), void *arg)
+{
+	uint8_t prev[CDP_DIGEST_LEN] = { 0 };
+	unsigned nseg = 0;
+	uint64_t pos = 0;
+
+	for (;;) {
+		struct cdp_cache_seg *s = cdp_cache_next(f->cache, pos, 0);
+		struct cdp_seg_expect ex = { .min_time = INT64_MIN, .prev_digest = prev };
+		struct cdp_segment *seg;
+		struct cdp_err err = CDP_ERR_INIT;
+
+		if (!s)
+			break;
+		pos = s->pos;
+		if (cdp_seg_decode(s->data, s->len, &ex, &seg, &err))
+			fail_msg("segment %u: %s", nseg, err.msg);
+		memcpy(prev, seg->h.digest, CDP_DIGEST_LEN);
+		for (uint32_t i = 0; i < seg->h.nrecords && fn; i++)
+			fn(arg, &seg->recs[i], seg->h.flags);
+		if (!seg->h.nrecords && fn)
+			fn(arg, NULL, seg->h.flags);
+		cdp_segment_free(seg);
+		cdp_cache_put(s);
+		nseg++;
+	}
+	return nseg;
+}
+
+static bool seam_held(void *arg)
+{
+	return ((struct seam *)arg)->held;
+}
+
+static unsigned want_arrived;
+static bool seam_arrived(void *arg)
+{
+	return ((struct seam *)arg)->arrived >= want_arrived;
+}
+
+static void test_overlapping_write_waits_in_the_range_lock(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_io_req r1, r2, r3;
+	static uint8_t a[8192], b[4096], c[4096];
+	struct cdp_splitter_stats st;
+
+	start_capture(f);
+	memset(a, 0xaa, sizeof(a));
+	memset(b, 0xbb, sizeof(b));
+	memset(c, 0xcc, sizeof(c));
+	f->seam.hold_first = true;
+	submit(f, 0, &r1, CDP_IO_WRITE, 4096, sizeof(a), a);
+	assert_true(wait_cond(&f->seam.mu, &f->seam.cond, seam_held, &f->seam));
+	/* Overlaps r1: queued. Does not overlap: reaches the source meanwhile. */
+	submit(f, 0, &r2, CDP_IO_WRITE, 8192, sizeof(b), b);
+	submit(f, 0, &r3, CDP_IO_WRITE, 1 << 20, sizeof(c), c);
+	want_arrived = 2;
+	assert_true(wait_cond(&f->seam.mu, &f->seam.cond, seam_arrived, &f->seam));
+	wait_done(1);	/* r3 answered while r1 is held */
+	pthread_mutex_lock(&f->seam.mu);
+	assert_int_equal(f->seam.arrived, 2);	/* r2 did not reach the source */
+	assert_int_equal(f->seam.order[1], 1 << 20);
+	f->seam.release = true;
+	pthread_cond_broadcast(&f->seam.cond);
+	pthread_mutex_unlock(&f->seam.mu);
+	wait_done(3);
+	pthread_mutex_lock(&f->seam.mu);
+	assert_int_equal(f->seam.arrived, 3);
+	assert_int_equal(f->seam.order[2], 8192);	/* only after r1 */
+	pthread_mutex_unlock(&f->seam.mu);
+	for (unsigned i = 0; i < 3; i++)
+		assert_int_equal(dn.rc[i], 0);
+	cdp_splitter_stats(f->sp, &st);
+	assert_int_equal(st.range_waits, 1);
+	/* The source has r2 over r1 (the later write wins). */
+	{
+		uint8_t got[12288];
+		int fd = open(f->path[0], O_RDONLY);
+
+		assert_int_equal(pread(fd, got, sizeof(got), 4096), (ssize_t)sizeof(got));
+		close(fd);
+		for (size_t i = 0; i < 4096; i++)
+			assert_int_equal(got[i], 0xaa);
+		for (size_t i = 4096; i < 8192; i++)
+			assert_int_equal(got[i], 0xbb);
+	}
+}
+
+struct rec_log {
+	unsigned n, points, heartbeats, flushes, writes, zeros;
+	uint64_t last_seq;
+	uint64_t first_off[16];
+};
+
+static void log_rec(void *arg, const struct cdp_record *r, uint32_t seg_flags)
+{
+	struct rec_log *l = arg;
+
+	if (!r) {
+		l->heartbeats++;
+		l->points += !!(seg_flags & CDP_SEG_F_POINT_END);
+		return;
+	}
+	assert_true(r->seq == l->last_seq + 1);	/* contiguous, in order */
+	l->last_seq = r->seq;
+	if (l->n < 16)
+		l->first_off[l->n] = r->offset;
+	l->n++;
+	l->flushes += r->kind == CDP_REC_FLUSH;
+	l->writes += r->kind == CDP_REC_WRITE;
+	l->zeros += r->kind == CDP_REC_ZERO;
+}
+
+static void test_records_points_and_heartbeats(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_io_req r[4];
+	static uint8_t a[4096];
+	struct rec_log l = { 0 };
+	unsigned nseg;
+
+	start_capture(f);
+	memset(a, 0x5a, sizeof(a));
+	submit(f, 0, &r[0], CDP_IO_WRITE, 0, sizeof(a), a);
+	wait_done(1);
+	submit(f, 1, &r[1], CDP_IO_WRITE, 512, sizeof(a), a);	/* 512-aligned, other volume */
+	wait_done(2);
+	submit(f, 0, &r[2], CDP_IO_FLUSH, 0, 0, NULL);
+	wait_done(3);
+	submit(f, 1, &r[3], CDP_IO_ZERO, 65536, 65536, NULL);
+	wait_done(4);
+	point(f);
+	point(f);	/* idle: a heartbeat */
+	nseg = walk(f, log_rec, &l);
+	assert_true(nseg >= 2);
+	assert_int_equal(l.n, 4);
+	assert_int_equal(l.writes, 2);
+	assert_int_equal(l.flushes, 1);
+	assert_int_equal(l.zeros, 1);
+	assert_int_equal(l.first_off[1], 512);
+	assert_true(l.heartbeats >= 1);
+	assert_true(l.points >= 1);
+	/* Acked: the cache lets go, and the activity log may too. */
+	cdp_splitter_acked(f->sp, l.last_seq, NULL);
+	{
+		struct cdp_cache_stats st;
+
+		cdp_cache_stats(f->cache, &st);
+		assert_int_equal(st.first_seq, 0);
+	}
+}
+
+static void test_incremental_then_resync(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_io_req r[2];
+	static uint8_t a[8192];
+	struct cdp_splitter_stats st;
+	struct rec_log l = { 0 };
+
+	start_capture(f);
+	memset(a, 0x77, sizeof(a));
+	submit(f, 0, &r[0], CDP_IO_WRITE, 1 << 20, sizeof(a), a);	/* cached, unacked */
+	wait_done(1);
+	assert_int_equal(cdp_splitter_go_incremental(f->sp, "test", &err), 0);
+	assert_int_equal(cdp_splitter_mode(f->sp), CDP_SPLIT_INCREMENTAL);
+	submit(f, 1, &r[1], CDP_IO_WRITE, 2 << 20, 4096, a);	/* only a dirty bit */
+	wait_done(2);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 0), 8192);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 1), 4096);
+	assert_int_equal(walk(f, NULL, NULL), 0);	/* the cache was dropped */
+	/* Not before the chain is anchored on the journal's head again. */
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_INCREMENTAL, 0, 0, NULL, 0, &err),
+			 -EAGAIN);
+	start_capture_incremental(f);
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_INCREMENTAL, 0, 0, NULL, 0, &err), 0);
+	assert_int_equal(cdp_splitter_mode(f->sp), CDP_SPLIT_CONTINUOUS);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 0), 0);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 1), 0);
+	point(f);
+	cdp_splitter_stats(f->sp, &st);
+	assert_int_equal(st.resync_bytes, 8192 + 4096);
+	walk(f, log_rec, &l);	/* the journal never had seq 1: the chain starts over */
+	assert_int_equal(l.writes, 2);	/* the two RESYNC blocks, between the markers */
+	assert_int_equal(l.n, 4);
+}
+
+static void test_full_sync_skips_holes_and_zeros(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_splitter_stats st;
+	uint8_t buf[65536];
+	int fd = open(f->path[0], O_RDWR);
+
+	memset(buf, 0x42, sizeof(buf));
+	assert_int_equal(pwrite(fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+	memset(buf, 0, sizeof(buf));	/* written zeros: data, but all zero */
+	assert_int_equal(pwrite(fd, buf, sizeof(buf), 4 << 20), (ssize_t)sizeof(buf));
+	close(fd);
+	start_capture(f);
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_FULL, 0, 0, NULL, 0, &err), 0);
+	point(f);
+	cdp_splitter_stats(f->sp, &st);
+	/* Only data blocks are read and sent as bytes; at most one chunk per data run. */
+	assert_true(st.resync_bytes >= 65536);
+	assert_true(st.resync_bytes <= 2u << 20);
+	assert_int_equal(st.resync_bytes + st.resync_zero_bytes, 2ull * VOL_SIZE);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_overlapping_write_waits_in_the_range_lock,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_records_points_and_heartbeats, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_incremental_then_resync, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_full_sync_skips_holes_and_zeros, setup,
+						teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
