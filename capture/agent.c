@@ -150,6 +150,7 @@ struct agent {
 	struct cdp_cache *cache;
 	struct cdp_splitter *sp;
 	struct cdp_nbd_server *nbd[MAX_VOLUMES];
+	struct cdp_export *exports[MAX_VOLUMES];	/* the NBD servers borrow them */
 	struct cdp_rpc_channel *ch;
 	_Atomic bool stop;
 	/* Capture went incremental while the link was up: segments the journal
@@ -742,10 +743,10 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 		return err->code ? err->code : -EINVAL;
 
 	for (unsigned i = 0; i < a->nvol; i++) {
-		struct cdp_export *e = cdp_splitter_export(a->sp, i);
-		struct cdp_nbd_opts no = { .listen = a->cfg.vol_nbd[i], .exports = &e,
+		struct cdp_nbd_opts no = { .listen = a->cfg.vol_nbd[i], .exports = &a->exports[i],
 					   .nexports = 1 };
 
+		a->exports[i] = cdp_splitter_export(a->sp, i);
 		rc = cdp_nbd_server_start(&no, &a->nbd[i], err);
 		if (rc)
 			return rc;
