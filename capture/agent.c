@@ -793,7 +793,11 @@ static void agent_stop(struct agent *a)
 		pthread_join(a->sync, NULL);
 	if (a->link)
 		pthread_join(a->link, NULL);
+	/* Everything unacknowledged is in the persisted bitmap now: the activity
+	 * log can be emptied, so a clean restart resyncs only those blocks. */
 	if (a->sp && cdp_splitter_go_incremental(a->sp, "stopping", &err))
+		cdp_log_err("agent: %s", err.msg);
+	else if (a->al && cdp_actlog_trim(a->al, &err))
 		cdp_log_err("agent: %s", err.msg);
 	cdp_splitter_close(a->sp);
 	cdp_rpc_channel_free(a->ch);

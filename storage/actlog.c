@@ -443,6 +443,22 @@ size_t cdp_actlog_recovered(struct cdp_actlog *al, struct cdp_al_extent *out, si
 	return n;
 }
 
+int cdp_actlog_trim(struct cdp_actlog *al, struct cdp_err *err)
+{
+	struct ext *e, *prev;
+	int rc;
+
+	pthread_mutex_lock(&al->mu);
+	for (e = al->tail; e; e = prev) {
+		prev = e->prev;
+		if (idle(al, e))
+			leave(al, e);
+	}
+	rc = commit(al, al->snap + 1, err);
+	pthread_mutex_unlock(&al->mu);
+	return rc;
+}
+
 void cdp_actlog_recovered_done(struct cdp_actlog *al)
 {
 	pthread_mutex_lock(&al->mu);

@@ -79,6 +79,13 @@ void cdp_actlog_recovered_done(struct cdp_actlog *al);
  */
 int cdp_actlog_begin(struct cdp_actlog *al, uint32_t volume, uint64_t off, uint64_t len,
 		     struct cdp_err *err);
+/*
+ * Lets every idle extent leave now and writes the set that remains (a clean
+ * stop: after the caller made every write safe, the log is empty and the
+ * next start resyncs nothing). Returns 0 or -errno.
+ */
+int cdp_actlog_trim(struct cdp_actlog *al, struct cdp_err *err);
+
 /* The write over [off, off+len) completed with @seq. */
 void cdp_actlog_note(struct cdp_actlog *al, uint32_t volume, uint64_t off, uint64_t len,
 		     uint64_t seq);

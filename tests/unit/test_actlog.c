@@ -235,6 +235,35 @@ static void test_reopen_recovers_the_set_in_order(void **state)
 	cdp_actlog_close(al);
 }
 
+/* A clean stop: idle extents leave at once, busy ones stay and are recovered. */
+static void test_trim_empties_the_log_of_idle_extents(void **state)
+{
+	struct fx *fx = *state;
+	struct cdp_actlog_opts o = opts(1, 16);
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_al_extent x[16];
+	struct cdp_actlog *al = open_ok(fx->path, &o);
+
+	begin_ok(al, 0, 0, 1);
+	begin_ok(al, 0, 3 * EXT, 1);
+	cdp_actlog_note(al, 0, 0, 1, 1);
+	cdp_actlog_note(al, 0, 3 * EXT, 1, 2);
+	cdp_actlog_settle(al, 1);		/* extent 0 idle, extent 3 busy */
+	assert_int_equal(cdp_actlog_trim(al, &err), 0);
+	assert_int_equal(stats(al).active, 1);
+	cdp_actlog_close(al);
+	al = open_ok(fx->path, &o);
+	assert_int_equal(cdp_actlog_recovered(al, x, 16), 1);
+	assert_true(x[0].volume == 0 && x[0].index == 3);
+	cdp_actlog_recovered_done(al);
+	cdp_actlog_settle(al, 2);
+	assert_int_equal(cdp_actlog_trim(al, &err), 0);
+	cdp_actlog_close(al);
+	al = open_ok(fx->path, &o);
+	assert_int_equal(cdp_actlog_recovered(al, x, 16), 0);	/* nothing to resync */
+	cdp_actlog_close(al);
+}
+
 static void test_recovered_extents_stay_until_done(void **state)
 {
 	struct fx *fx = *state;
@@ -1271,6 +1300,7 @@ int main(void)
 		T(test_hot_extents_cost_no_log_write),
 		T(test_reopen_recovers_the_set_in_order),
 		T(test_recovered_extents_stay_until_done),
+		T(test_trim_empties_the_log_of_idle_extents),
 		T(test_mismatched_parameters_are_refused),
 		T(test_bad_options_and_ranges),
 		T(test_damaged_header_is_refused),
