@@ -231,6 +231,7 @@ static void *sync_main(void *arg)
 
 	while (!atomic_load(&a->stop)) {
 		struct cdp_err err = CDP_ERR_INIT;
+		struct cdp_splitter_stats before, after;
 		uint32_t kind;
 		unsigned vol;
 		uint64_t off;
@@ -249,6 +250,7 @@ static void *sync_main(void *arg)
 			break;
 		cdp_log_info("agent: %s sync starts (volume %u, offset %" PRIu64 ")",
 			     kind == CDP_SYNC_FULL ? "full" : "incremental", vol, off);
+		cdp_splitter_stats(a->sp, &before);
 		rc = cdp_splitter_resync(a->sp, kind, vol, off, &a->stop, a->cfg.sync_rate / 8,
 					 &err);
 		pthread_mutex_lock(&a->mu);
@@ -259,8 +261,13 @@ static void *sync_main(void *arg)
 		}
 		pthread_cond_broadcast(&a->cond);
 		pthread_mutex_unlock(&a->mu);
-		if (!rc)
-			cdp_log_info("agent: sync done");
+		if (!rc) {
+			cdp_splitter_stats(a->sp, &after);
+			cdp_log_info("agent: sync done: %" PRIu64 " bytes sent, %" PRIu64
+				     " bytes as zero ranges",
+				     after.resync_bytes - before.resync_bytes,
+				     after.resync_zero_bytes - before.resync_zero_bytes);
+		}
 	}
 	return NULL;
 }

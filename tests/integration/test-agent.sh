@@ -144,8 +144,17 @@ qio -c "write -P 0x77 4194304 8192"
 stop_pid "$T/agent.pid" -KILL
 start_agent
 wait_for 60 grep -q "unclean stop" "$T/cdp-agent.log" || die "no activity log recovery"
-wait_for 60 grep -q "sync done" <(grep -A1000 "unclean stop" "$T/cdp-agent.log") ||
-	die "the resync after the crash did not finish"
+resynced_after_crash() { grep -A100000 "unclean stop" "$T/cdp-agent.log" | grep -q "sync done"; }
+wait_for 60 resynced_after_crash || die "the resync after the crash did not finish"
+# Only the activity log's extents (4 MiB each) and the bitmap's bits went
+# again: more than nothing, far less than the volume.
+extents=$(sed -n 's/.*unclean stop: \([0-9]*\) activity log extents.*/\1/p' "$T/cdp-agent.log" | tail -n 1)
+sent=$(grep -A100000 "unclean stop" "$T/cdp-agent.log" | sed -n 's/.*sync done: \([0-9]*\) bytes sent.*/\1/p' | head -n 1)
+[ -n "$extents" ] && [ -n "$sent" ] || die "no resync figures in the agent log"
+[ "$sent" -gt 0 ] || die "the resync after the crash sent nothing"
+[ "$sent" -le $((extents * (4 << 20))) ] ||
+	die "the resync sent $sent bytes, more than $extents extents of 4 MiB"
+echo "ok: the crash resynced $sent bytes ($extents activity log extents)"
 qio -c "write -P 0x78 4198400 4096"
 check_restore "agent SIGKILL and restart"
 
