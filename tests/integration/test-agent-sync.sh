@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The full sync survives a crash of the agent: a volume of random data is
+# synced at a capped rate; cdp-agent is killed with SIGKILL half way; after
+# the restart the full sync resumes from the checkpoint the journal holds
+# (not from offset 0), sends less than the volume again, and the newest
+# point restores to the source byte for byte.
+source "$(dirname "$0")/lib.sh"
+requires cmp
+
+JD=$CDP_BUILD/journald/cdp-journald
+AGENT=$CDP_BUILD/capture/cdp-agent
+CTL=$CDP_BUILD/tools/cdpctl
+SOCK=$T/j.sock
+SRC=$T/vol0.img
+SIZE=$((32 << 20))
+[ -x "$JD" ] && [ -x "$AGENT" ] && [ -x "$CTL" ] || die "build first: $JD, $AGENT, $CTL"
+
+ctl() { "$CTL" --server "unix:$SOCK" "$@"; }
+dump_logs() {
+	for f in "$T"/cdp-journald.log "$T"/cdp-agent.log; do
+		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
+	done
+	true
+}
+cleanup_fn dump_logs
+durable() {
+	ctl --json status 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+print(next(p["durable_seq"] for p in json.load(sys.stdin) if p["plan"] == "db01"))'
+}
+past_a_third() { local d; d=$(durable); [ -n "$d" ] && [ "$d" -ge 10 ]; }
+restore_matches() {
+	local s
+	s=$(ctl --json points db01 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+p = [x for x in json.load(sys.stdin) if x["consistent"]]
+print(p[-1]["seq"] if p else "")')
+	[ -n "$s" ] || return 1
+	rm -rf "$T/out"
+	ctl restore db01 --at "seq:$s" -o "$T/out" >/dev/null 2>&1 || return 1
+	cmp -s "$SRC" "$T/out/vol0.img"
+}
+resumed_done() { grep -A100000 "offset [1-9]" "$T/cdp-agent.log" | grep -q "sync done"; }
+
+cat >"$T/db01.plan" <<EOF
+[plan]
+name = db01
+agent = agent-db01
+volumes = vol0:$SIZE
+retention = 1h
+EOF
+# 1 MiB records at 64 Mbit/s: about 4 s for the volume, ~8 records a second.
+cat >"$T/agent.conf" <<EOF
+[agent]
+id = agent-db01
+plan = db01
+state_dir = $T/agent-state
+[server]
+address = unix:$SOCK
+[capture]
+point_interval = 200ms
+[sync]
+rate = 64Mbit
+[volume0]
+name = vol0
+path = $SRC
+nbd = unix:$T/vol0.nbd
+EOF
+head -c "$SIZE" /dev/urandom >"$SRC"
+start_daemon -P "$T/jd.pid" "$JD" --state-dir "$T/state" --listen "unix:$SOCK"
+wait_for 20 test -S "$SOCK" || die "journald did not start"
+ctl plan create "$T/db01.plan" >/dev/null || die "plan create"
+start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf"
+wait_for 30 grep -q "full sync starts (volume 0, offset 0)" "$T/cdp-agent.log" ||
+	die "the full sync did not start"
+# A third of the volume is durable in the journal: kill the agent mid-sync.
+wait_for 30 past_a_third || die "the full sync made no progress"
+grep -q "sync done" "$T/cdp-agent.log" && die "the full sync ended before the kill"
+kill -KILL "$(cat "$T/agent.pid")"
+wait "$(cat "$T/agent.pid")" 2>/dev/null || true
+
+start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf"
+wait_for 30 grep -q "full sync starts (volume 0, offset [1-9]" "$T/cdp-agent.log" ||
+	die "the full sync did not resume from a checkpoint: $(grep 'sync starts' "$T/cdp-agent.log" | tail -n 1)"
+offset=$(sed -n 's/.*full sync starts (volume 0, offset \([0-9]*\)).*/\1/p' "$T/cdp-agent.log" | tail -n 1)
+wait_for 60 resumed_done || die "the resumed full sync did not finish"
+sent=$(grep -A100000 "offset [1-9]" "$T/cdp-agent.log" | sed -n 's/.*sync done: \([0-9]*\) bytes sent.*/\1/p' | head -n 1)
+[ "$sent" -lt "$SIZE" ] || die "the resumed sync sent $sent bytes: the whole volume again"
+echo "ok: resumed at offset $offset, sent $sent of $SIZE bytes"
+wait_for 60 restore_matches || die "the newest point never equalled the source"
+echo "ok: the newest point equals the source"
+echo "PASS"
