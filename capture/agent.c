@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -57,7 +58,7 @@ struct agent_conf {
 	char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
 	char *vol_name[MAX_VOLUMES], *vol_path[MAX_VOLUMES], *vol_nbd[MAX_VOLUMES];
 	int64_t point_interval, link_down_limit, ack_timeout, reconnect_min, reconnect_max;
-	int64_t stop_timeout;
+	int64_t stop_timeout, stats_interval;
 	uint64_t cache_size, extent_size, bitmap_granularity, max_request;
 	uint64_t sync_rate;	/* bit/s */
 	int64_t max_active, io_threads;
@@ -83,6 +84,10 @@ static const struct cdp_conf_option options[] = {
 	{ "agent", "state_dir", CDP_CONF_STRING_AT(struct agent_conf, state_dir),
 	  .def = "cdp-agent-state", .flags = CDP_CONF_F_RESTART,
 	  .help = "Directory of the activity log and the dirty bitmap." },
+	{ "agent", "stats_interval", CDP_CONF_DURATION_AT(struct agent_conf, stats_interval),
+	  .def = "60s", .min = 0, .max = CDP_CONF_DAY, .flags = CDP_CONF_F_ZERO_OFF,
+	  .help = "How often the agent logs its mode, cache, RSS and CPU seconds per GB "
+	  "captured (0: never)." },
 	{ "server", "address", CDP_CONF_STRING_AT(struct agent_conf, server),
 	  .def = "unix:cdp-state/journald.sock", .flags = CDP_CONF_F_RESTART,
 	  .help = "cdp-journald's address: unix:PATH or HOST:PORT." },
@@ -153,6 +158,9 @@ struct agent {
 	struct cdp_export *exports[MAX_VOLUMES];	/* the NBD servers borrow them */
 	struct cdp_rpc_channel *ch;
 	_Atomic bool stop;
+	_Atomic uint64_t sync_rate;	/* bytes/s: sync.rate, the journal's Throttle, SIGHUP */
+	uint64_t captured_base;		/* write bytes at the last stats line */
+	int64_t stats_at;		/* mono ns of the next stats line */
 	/* Capture went incremental while the link was up: segments the journal
 	 * may never get were dropped, so the stream restarts and the next welcome
 	 * re-anchors the chain before the resync. */
@@ -196,6 +204,36 @@ static void wait_until(struct agent *a, int64_t until)
 	pthread_mutex_unlock(&a->mu);
 }
 
+/* The agent's footprint: RSS and CPU seconds per GB captured (SPEC targets). */
+static void log_stats(struct agent *a)
+{
+	struct cdp_splitter_stats st;
+	struct cdp_cache_stats cst;
+	struct rusage ru;
+	char line[256];
+	uint64_t rss_kib = 0;
+	double cpu, gb;
+	FILE *f;
+
+	cdp_splitter_stats(a->sp, &st);
+	cdp_cache_stats(a->cache, &cst);
+	getrusage(RUSAGE_SELF, &ru);
+	f = fopen("/proc/self/status", "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %" SCNu64, &rss_kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+	      (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+	gb = (double)st.write_bytes / 1e9;
+	cdp_log_info("agent: stats: %s, next seq %" PRIu64 ", cache %" PRIu64 " segments %.1f MiB, "
+		     "captured %.3f GB in %" PRIu64 " writes, RSS %.1f MiB, CPU %.2f s%s%.2f s/GB",
+		     st.mode == CDP_SPLIT_CONTINUOUS ? "continuous" : "incremental", st.next_seq,
+		     cst.segments, (double)cst.bytes / (1 << 20), gb, st.writes,
+		     (double)rss_kib / 1024, cpu, gb > 0 ? ", " : " (", gb > 0 ? cpu / gb : 0.0);
+}
+
 static void *tick_main(void *arg)
 {
 	struct agent *a = arg;
@@ -206,6 +244,11 @@ static void *tick_main(void *arg)
 		bool go_incr = false;
 
 		cdp_splitter_tick(a->sp);
+		if (a->cfg.stats_interval && now >= a->stats_at) {
+			if (a->stats_at)
+				log_stats(a);
+			a->stats_at = now + a->cfg.stats_interval;
+		}
 		pthread_mutex_lock(&a->mu);
 		if (!a->link_up && a->down_since && now - a->down_since > a->cfg.link_down_limit &&
 		    cdp_splitter_mode(a->sp) == CDP_SPLIT_CONTINUOUS)
@@ -251,7 +294,7 @@ static void *sync_main(void *arg)
 		cdp_log_info("agent: %s sync starts (volume %u, offset %" PRIu64 ")",
 			     kind == CDP_SYNC_FULL ? "full" : "incremental", vol, off);
 		cdp_splitter_stats(a->sp, &before);
-		rc = cdp_splitter_resync(a->sp, kind, vol, off, &a->stop, a->cfg.sync_rate / 8,
+		rc = cdp_splitter_resync(a->sp, kind, vol, off, &a->stop, &a->sync_rate,
 					 &err);
 		pthread_mutex_lock(&a->mu);
 		a->syncing = false;
@@ -405,6 +448,14 @@ static void on_command(struct agent *a, const Cdp__V1__Command *c)
 		}
 		pthread_cond_broadcast(&a->cond);
 		pthread_mutex_unlock(&a->mu);
+		break;
+	case CDP__V1__COMMAND__CMD_THROTTLE:
+		if (c->throttle) {
+			atomic_store(&a->sync_rate, c->throttle->net_bits_per_sec / 8);
+			cdp_log_info("agent: sync rate set to %" PRIu64 " bit/s by the journal server"
+				     "%s", c->throttle->net_bits_per_sec,
+				     c->throttle->net_bits_per_sec ? "" : " (unlimited)");
+		}
 		break;
 	case CDP__V1__COMMAND__CMD_FULL_SYNC:
 		pthread_mutex_lock(&a->mu);
@@ -813,6 +864,37 @@ static void agent_stop(struct agent *a)
 	cdp_cache_free(a->cache);
 }
 
+/*
+ * SIGHUP: reread the config; sync.rate applies at once, everything else at
+ * the next start (the log says which keys changed and wait for it). A config
+ * that does not parse is refused and the running one kept.
+ */
+static void reload(struct agent *a, const char *config, unsigned flags, const char *const *sets,
+		   unsigned nsets)
+{
+	struct agent_conf nc = { 0 };
+	struct cdp_err err = CDP_ERR_INIT;
+	const struct cdp_conf_option *diff = NULL;
+	uint64_t rate;
+	int rc = cdp_conf_load(&table, &nc, config, NULL, flags, &err);
+
+	for (unsigned i = 0; !rc && i < nsets; i++)
+		rc = cdp_conf_set_arg(&table, &nc, sets[i], &err);
+	if (rc) {
+		cdp_log_warn("cdp-agent: SIGHUP: %s; keeping the running config", err.msg);
+		cdp_conf_release(&table, &nc);
+		return;
+	}
+	rate = nc.sync_rate;
+	atomic_store(&a->sync_rate, rate / 8);
+	nc.sync_rate = a->cfg.sync_rate;	/* the one key applied now */
+	if (!cdp_conf_equal(&table, &a->cfg, &nc, &diff) && diff)
+		cdp_log_warn("cdp-agent: SIGHUP: %s.%s (at least) changed; only sync.rate applies "
+			     "now, the rest at the next start", diff->section, diff->name);
+	cdp_log_info("cdp-agent: SIGHUP: config reread; sync.rate is %" PRIu64 " bit/s", rate);
+	cdp_conf_release(&table, &nc);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: cdp-agent [--config FILE] [--set section.key=value]... "
@@ -905,6 +987,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	a.down_since = mono();
+	atomic_store(&a.sync_rate, a.cfg.sync_rate / 8);
 	cdp_thread_start(&a.tick, "tick", tick_main, &a);
 	cdp_thread_start(&a.sync, "sync", sync_main, &a);
 	cdp_thread_start(&a.link, "link", link_main, &a);
@@ -918,8 +1001,7 @@ int main(int argc, char **argv)
 		if (n != sizeof(si) || si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
 			break;
 		if (si.ssi_signo == SIGHUP)
-			cdp_log_info("cdp-agent: SIGHUP: reload is not supported yet; restart to "
-				     "apply changes");
+			reload(&a, config, flags, sets, nsets);
 	}
 	cdp_log_info("cdp-agent: stopping");
 	agent_stop(&a);

@@ -1036,7 +1036,8 @@ static void pace(int64_t t0, uint64_t bytes, uint64_t rate)
 }
 
 int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_volume,
-			uint64_t from_offset, const _Atomic bool *stop, uint64_t rate_bps,
+			uint64_t from_offset, const _Atomic bool *stop,
+			const _Atomic uint64_t *rate_bps,
 			struct cdp_err *err)
 {
 	struct cdp_sync_info si = { .kind = kind };
@@ -1107,7 +1108,7 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 			rc = resync_run(sp, v, doff, (uint32_t)dlen, buf, hole, err);
 			if (!hole) {
 				bytes += dlen;
-				pace(t0, bytes, rate_bps);
+				pace(t0, bytes, rate_bps ? atomic_load(rate_bps) : 0);
 			}
 			off = doff + dlen;
 		}

@@ -35,6 +35,7 @@
 #ifndef CDP_CAPTURE_SPLITTER_H
 #define CDP_CAPTURE_SPLITTER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -105,11 +106,12 @@ enum cdp_split_mode cdp_splitter_mode(struct cdp_splitter *sp);
  * @from_offset)). Switches to CONTINUOUS first (writes during the resync are
  * records after the blocks they overwrite). Blocking: call from a sync
  * thread. Stops early with -ECANCELED when @stop becomes true or the mode
- * goes back to INCREMENTAL. @rate_bps caps the bytes read per second (0 =
+ * goes back to INCREMENTAL. *@rate_bps caps the bytes read per second (NULL or 0 =
  * unlimited).
  */
 int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_volume,
-			uint64_t from_offset, const _Atomic bool *stop, uint64_t rate_bps,
+			uint64_t from_offset, const _Atomic bool *stop,
+			const _Atomic uint64_t *rate_bps,
 			struct cdp_err *err);
 
 /* Point interval: cuts the open segment (POINT_END, or a heartbeat) when due. */

@@ -3,7 +3,8 @@
 # synced at a capped rate; cdp-agent is killed with SIGKILL half way; after
 # the restart the full sync resumes from the checkpoint the journal holds
 # (not from offset 0), sends less than the volume again, and the newest
-# point restores to the source byte for byte.
+# point restores to the source byte for byte. On the way: SIGHUP lifts the
+# sync rate cap at run time, and the agent logs its RSS and CPU per GB.
 source "$(dirname "$0")/lib.sh"
 requires cmp
 
@@ -55,6 +56,7 @@ cat >"$T/agent.conf" <<EOF
 id = agent-db01
 plan = db01
 state_dir = $T/agent-state
+stats_interval = 1s
 [server]
 address = unix:$SOCK
 [capture]
@@ -83,6 +85,13 @@ start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf"
 wait_for 30 grep -q "full sync starts (volume 0, offset [1-9]" "$T/cdp-agent.log" ||
 	die "the full sync did not resume from a checkpoint: $(grep 'sync starts' "$T/cdp-agent.log" | tail -n 1)"
 offset=$(sed -n 's/.*full sync starts (volume 0, offset \([0-9]*\)).*/\1/p' "$T/cdp-agent.log" | tail -n 1)
+# Lift the cap on the running sync: SIGHUP rereads sync.rate.
+sed -i 's/^rate = 64Mbit/rate = 0/' "$T/agent.conf"
+kill -HUP "$(cat "$T/agent.pid")"
+wait_for 20 grep -q "SIGHUP: config reread; sync.rate is 0 bit/s" "$T/cdp-agent.log" ||
+	die "SIGHUP did not apply sync.rate"
+wait_for 20 grep -q "stats: .*RSS [0-9.]* MiB, CPU [0-9.]* s" "$T/cdp-agent.log" ||
+	die "no stats line from the agent"
 wait_for 60 resumed_done || die "the resumed full sync did not finish"
 sent=$(grep -A100000 "offset [1-9]" "$T/cdp-agent.log" | sed -n 's/.*sync done: \([0-9]*\) bytes sent.*/\1/p' | head -n 1)
 [ "$sent" -lt "$SIZE" ] || die "the resumed sync sent $sent bytes: the whole volume again"

@@ -413,10 +413,10 @@ static void test_incremental_then_resync(void **state)
 	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 1), 4096);
 	assert_int_equal(walk(f, NULL, NULL), 0);	/* the cache was dropped */
 	/* Not before the chain is anchored on the journal's head again. */
-	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_INCREMENTAL, 0, 0, NULL, 0, &err),
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_INCREMENTAL, 0, 0, NULL, NULL, &err),
 			 -EAGAIN);
 	start_capture_incremental(f);
-	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_INCREMENTAL, 0, 0, NULL, 0, &err), 0);
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_INCREMENTAL, 0, 0, NULL, NULL, &err), 0);
 	assert_int_equal(cdp_splitter_mode(f->sp), CDP_SPLIT_CONTINUOUS);
 	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 0), 0);
 	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 1), 0);
@@ -442,7 +442,7 @@ static void test_full_sync_skips_holes_and_zeros(void **state)
 	assert_int_equal(pwrite(fd, buf, sizeof(buf), 4 << 20), (ssize_t)sizeof(buf));
 	close(fd);
 	start_capture(f);
-	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_FULL, 0, 0, NULL, 0, &err), 0);
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_FULL, 0, 0, NULL, NULL, &err), 0);
 	point(f);
 	cdp_splitter_stats(f->sp, &st);
 	/* Only data blocks are read and sent as bytes; at most one chunk per data run. */
