@@ -357,6 +357,18 @@ static int send_hello(struct agent *a, struct cdp_rpc_stream *st, struct cdp_err
 	return rc;
 }
 
+/* Asks the sync thread for a sync (a->mu held); one already running goes on. */
+static void want_sync_locked(struct agent *a, uint32_t kind, unsigned volume, uint64_t offset)
+{
+	if (a->syncing)
+		return;
+	a->want_sync = true;
+	a->sync_kind = kind;
+	a->sync_volume = volume;
+	a->sync_offset = offset;
+	pthread_cond_broadcast(&a->cond);
+}
+
 /* What the journal's welcome means for capture: resend, continue, sync. */
 static void on_welcome(struct agent *a, const Cdp__V1__CaptureWelcome *w)
 {
@@ -397,19 +409,11 @@ static void on_welcome(struct agent *a, const Cdp__V1__CaptureWelcome *w)
 			  w->checkpoint->kind == CDP_SYNC_FULL && w->checkpoint->volume < a->nvol;
 	pthread_mutex_lock(&a->mu);
 	a->started = true;
-	if (!a->syncing) {
-		if (w->durable_seq == 0 || full_unfinished) {
-			a->want_sync = true;
-			a->sync_kind = CDP_SYNC_FULL;
-			a->sync_volume = full_unfinished ? w->checkpoint->volume : 0;
-			a->sync_offset = full_unfinished ? w->checkpoint->offset : 0;
-		} else if (cdp_splitter_mode(a->sp) == CDP_SPLIT_INCREMENTAL) {
-			a->want_sync = true;
-			a->sync_kind = CDP_SYNC_INCREMENTAL;
-			a->sync_volume = 0;
-			a->sync_offset = 0;
-		}
-	}
+	if (w->durable_seq == 0 || full_unfinished)
+		want_sync_locked(a, CDP_SYNC_FULL, full_unfinished ? w->checkpoint->volume : 0,
+				 full_unfinished ? w->checkpoint->offset : 0);
+	else if (cdp_splitter_mode(a->sp) == CDP_SPLIT_INCREMENTAL)
+		want_sync_locked(a, CDP_SYNC_INCREMENTAL, 0, 0);
 	pthread_cond_broadcast(&a->cond);
 	pthread_mutex_unlock(&a->mu);
 	cdp_log_info("agent: plan %s: journal durable at seq %" PRIu64 "%s", a->cfg.plan,
@@ -440,13 +444,7 @@ static void on_command(struct agent *a, const Cdp__V1__Command *c)
 			cdp_log_err("agent: %s", err.msg);
 		atomic_store(&a->restream, true);
 		pthread_mutex_lock(&a->mu);
-		if (!a->syncing) {
-			a->want_sync = true;
-			a->sync_kind = CDP_SYNC_INCREMENTAL;
-			a->sync_volume = 0;
-			a->sync_offset = 0;
-		}
-		pthread_cond_broadcast(&a->cond);
+		want_sync_locked(a, CDP_SYNC_INCREMENTAL, 0, 0);
 		pthread_mutex_unlock(&a->mu);
 		break;
 	case CDP__V1__COMMAND__CMD_THROTTLE:
@@ -459,13 +457,7 @@ static void on_command(struct agent *a, const Cdp__V1__Command *c)
 		break;
 	case CDP__V1__COMMAND__CMD_FULL_SYNC:
 		pthread_mutex_lock(&a->mu);
-		if (!a->syncing) {
-			a->want_sync = true;
-			a->sync_kind = CDP_SYNC_FULL;
-			a->sync_volume = 0;
-			a->sync_offset = 0;
-		}
-		pthread_cond_broadcast(&a->cond);
+		want_sync_locked(a, CDP_SYNC_FULL, 0, 0);
 		pthread_mutex_unlock(&a->mu);
 		break;
 	default:

@@ -5,50 +5,16 @@
 # they ran is restored and must be an image a power cut could have left: no
 # torn write, and no write without every write that finished before it was
 # submitted (also across volumes). The newest point equals the sources.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/agent-lib.sh"
 requires cmp
 /usr/bin/python3 -c "import nbd" 2>/dev/null || skip "requires python3-libnbd"
 
-JD=$CDP_BUILD/journald/cdp-journald
-AGENT=$CDP_BUILD/capture/cdp-agent
-CTL=$CDP_BUILD/tools/cdpctl
 CHECK=$CDP_SRC/tests/integration/capture_check.py
 SOCK=$T/j.sock
 SIZE=$((16 << 20))
-[ -x "$JD" ] && [ -x "$AGENT" ] && [ -x "$CTL" ] || die "build first: $JD, $AGENT, $CTL"
+VOLS=("vol0=$T/vol0.img" "vol1=$T/vol1.img")
 
-ctl() { "$CTL" --server "unix:$SOCK" "$@"; }
-dump_logs() {
-	for f in "$T"/cdp-journald.log "$T"/cdp-agent.log; do
-		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 25 "$f" >&2; }
-	done
-	true
-}
-cleanup_fn dump_logs
-# Seqs of the consistent points, oldest first.
-points() {
-	ctl --json points db01 | /usr/bin/python3 -c '
-import json, sys
-for x in json.load(sys.stdin):
-    if x["consistent"]:
-        print(x["seq"])'
-}
-restore_matches() {
-	local s
-	s=$(points | tail -n 1)
-	[ -n "$s" ] || return 1
-	rm -rf "$T/out"
-	ctl restore db01 --at "seq:$s" -o "$T/out" >/dev/null 2>&1 || return 1
-	cmp -s "$T/vol0.img" "$T/out/vol0.img" && cmp -s "$T/vol1.img" "$T/out/vol1.img"
-}
-
-cat >"$T/db01.plan" <<EOF
-[plan]
-name = db01
-agent = agent-db01
-volumes = vol0:$SIZE, vol1:$SIZE
-retention = 1h
-EOF
+write_plan "vol0:$SIZE, vol1:$SIZE"
 cat >"$T/agent.conf" <<EOF
 [agent]
 id = agent-db01
@@ -81,8 +47,7 @@ before=$(points | tail -n 1)
 /usr/bin/python3 "$CHECK" write "$T/writes.log" 4000 8 $((SIZE / 512)) \
 	"nbd+unix:///?socket=$T/vol0.nbd" "nbd+unix:///?socket=$T/vol1.nbd" ||
 	die "the writes failed"
-wait_for 60 restore_matches || die "the newest point never equalled the sources"
-echo "ok: the newest point equals both sources"
+check_restore "the newest point equals both sources"
 
 # Every point taken while the writes ran (at most 12, evenly spread).
 mapfile -t all < <(points | awk -v b="$before" '$1 > b')

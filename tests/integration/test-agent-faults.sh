@@ -10,53 +10,17 @@
 #     resyncs the dirty blocks and captures continuously again.
 #  3. The log cache fills during a cut: incremental mode again, same ending.
 # After each, the newest consistent point restores to the source byte for byte.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/agent-lib.sh"
 requires qemu-io cmp
 
-JD=$CDP_BUILD/journald/cdp-journald
-AGENT=$CDP_BUILD/capture/cdp-agent
-CTL=$CDP_BUILD/tools/cdpctl
 PROXY=$CDP_SRC/tests/integration/blackhole_proxy.py
 SOCK=$T/j.sock
 NBD=$T/vol0.nbd
 SRC=$T/vol0.img
 SIZE=$((32 << 20))
-[ -x "$JD" ] && [ -x "$AGENT" ] && [ -x "$CTL" ] || die "build first: $JD, $AGENT, $CTL"
+VOLS=("vol0=$SRC")
 
-ctl() { "$CTL" --server "unix:$SOCK" "$@"; }
 qio() { qemu-io -f raw "nbd+unix:///?socket=$NBD" "$@" >/dev/null || die "qemu-io $*"; }
-dump_logs() {
-	# CDP_KEEP_LOG=FILE keeps the whole agent log for a closer look.
-	[ -n "${CDP_KEEP_LOG:-}" ] && cp "$T/cdp-agent.log" "$CDP_KEEP_LOG"
-	for f in "$T"/cdp-journald.log "$T"/cdp-agent.log; do
-		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 25 "$f" >&2; }
-	done
-	true
-}
-cleanup_fn dump_logs
-newest() {
-	ctl --json points db01 2>/dev/null | /usr/bin/python3 -c '
-import json, sys
-p = [x for x in json.load(sys.stdin) if x["consistent"]]
-print(p[-1]["seq"] if p else "")'
-}
-restore_matches() {
-	local s
-	s=$(newest)
-	[ -n "$s" ] || return 1
-	rm -rf "$T/out"
-	ctl restore db01 --at "seq:$s" -o "$T/out" >/dev/null 2>&1 || return 1
-	cmp -s "$SRC" "$T/out/vol0.img"
-}
-check_restore() {
-	wait_for 60 restore_matches || die "$1: the newest point never equalled the source"
-	echo "ok: $1"
-}
-# Lines of the agent log after the mark $1 (a line count) that match $2.
-since() { tail -n "+$(($1 + 1))" "$T/cdp-agent.log" | grep -c -- "$2" || true; }
-logmark() { wc -l <"$T/cdp-agent.log"; }
-seen_since() { [ "$(since "$1" "$2")" -gt 0 ]; }
-
 start_daemon -P "$T/jd.pid" "$JD" --state-dir "$T/state" --listen "unix:$SOCK,127.0.0.1:0" \
 	--set journal.verify_interval=50ms
 wait_for 20 grep -q "port [0-9]" "$T/cdp-journald.log" || die "journald did not start"
@@ -65,13 +29,7 @@ start_daemon -P "$T/proxy.pid" /usr/bin/python3 "$PROXY" 0 127.0.0.1 "$JPORT"
 wait_for 20 grep -q "^ready" "$T/python3.log" || die "proxy did not start"
 PPORT=$(awk '/^ready/ {print $2}' "$T/python3.log")
 
-cat >"$T/db01.plan" <<EOF
-[plan]
-name = db01
-agent = agent-db01
-volumes = vol0:$SIZE
-retention = 1h
-EOF
+write_plan "vol0:$SIZE"
 cat >"$T/agent.conf" <<EOF
 [agent]
 id = agent-db01
@@ -110,7 +68,7 @@ kill -USR1 "$proxy"
 qio -c "write -P 0x21 1048576 65536"
 kill -USR2 "$proxy"
 check_restore "a short cut"
-[ "$(since "$m" "incremental mode")" -eq 0 ] || die "a short cut sent the agent to incremental mode"
+seen_since "$m" "incremental mode" && die "a short cut sent the agent to incremental mode"
 
 # 2. A cut longer than down_limit: incremental, then resync and back.
 m=$(logmark)

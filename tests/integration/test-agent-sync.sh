@@ -5,51 +5,18 @@
 # (not from offset 0), sends less than the volume again, and the newest
 # point restores to the source byte for byte. On the way: SIGHUP lifts the
 # sync rate cap at run time, and the agent logs its RSS and CPU per GB.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/agent-lib.sh"
 requires cmp
 
-JD=$CDP_BUILD/journald/cdp-journald
-AGENT=$CDP_BUILD/capture/cdp-agent
-CTL=$CDP_BUILD/tools/cdpctl
 SOCK=$T/j.sock
 SRC=$T/vol0.img
 SIZE=$((32 << 20))
-[ -x "$JD" ] && [ -x "$AGENT" ] && [ -x "$CTL" ] || die "build first: $JD, $AGENT, $CTL"
+VOLS=("vol0=$SRC")
 
-ctl() { "$CTL" --server "unix:$SOCK" "$@"; }
-dump_logs() {
-	for f in "$T"/cdp-journald.log "$T"/cdp-agent.log; do
-		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
-	done
-	true
-}
-cleanup_fn dump_logs
-durable() {
-	ctl --json status 2>/dev/null | /usr/bin/python3 -c '
-import json, sys
-print(next(p["durable_seq"] for p in json.load(sys.stdin) if p["plan"] == "db01"))'
-}
 past_a_third() { local d; d=$(durable); [ -n "$d" ] && [ "$d" -ge 10 ]; }
-restore_matches() {
-	local s
-	s=$(ctl --json points db01 2>/dev/null | /usr/bin/python3 -c '
-import json, sys
-p = [x for x in json.load(sys.stdin) if x["consistent"]]
-print(p[-1]["seq"] if p else "")')
-	[ -n "$s" ] || return 1
-	rm -rf "$T/out"
-	ctl restore db01 --at "seq:$s" -o "$T/out" >/dev/null 2>&1 || return 1
-	cmp -s "$SRC" "$T/out/vol0.img"
-}
 resumed_done() { grep -A100000 "offset [1-9]" "$T/cdp-agent.log" | grep -q "sync done"; }
 
-cat >"$T/db01.plan" <<EOF
-[plan]
-name = db01
-agent = agent-db01
-volumes = vol0:$SIZE
-retention = 1h
-EOF
+write_plan "vol0:$SIZE"
 # 1 MiB records at 64 Mbit/s: about 4 s for the volume, ~8 records a second.
 cat >"$T/agent.conf" <<EOF
 [agent]
@@ -96,6 +63,5 @@ wait_for 60 resumed_done || die "the resumed full sync did not finish"
 sent=$(grep -A100000 "offset [1-9]" "$T/cdp-agent.log" | sed -n 's/.*sync done: \([0-9]*\) bytes sent.*/\1/p' | head -n 1)
 [ "$sent" -lt "$SIZE" ] || die "the resumed sync sent $sent bytes: the whole volume again"
 echo "ok: resumed at offset $offset, sent $sent of $SIZE bytes"
-wait_for 60 restore_matches || die "the newest point never equalled the source"
-echo "ok: the newest point equals the source"
+check_restore "the newest point equals the source"
 echo "PASS"

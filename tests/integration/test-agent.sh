@@ -11,19 +11,15 @@
 #     journal's position, the image equals the source.
 #  5. The agent killed with SIGKILL and restarted: its activity log's extents
 #     are resynced, and the final image equals the source.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/agent-lib.sh"
 requires qemu-io cmp
 
-JD=$CDP_BUILD/journald/cdp-journald
-AGENT=$CDP_BUILD/capture/cdp-agent
-CTL=$CDP_BUILD/tools/cdpctl
 SOCK=$T/j.sock
 NBD=$T/vol0.nbd
 SRC=$T/vol0.img
 SIZE=$((64 << 20))
-[ -x "$JD" ] && [ -x "$AGENT" ] && [ -x "$CTL" ] || die "build first: $JD, $AGENT, $CTL"
+VOLS=("vol0=$SRC")
 
-ctl() { "$CTL" --server "unix:$SOCK" "$@"; }
 start_jd() {
 	start_daemon -P "$T/jd.pid" "$JD" --state-dir "$T/state" --listen "unix:$SOCK" \
 		--set journal.verify_interval=50ms
@@ -39,46 +35,9 @@ stop_pid() {
 	kill "${2:--TERM}" "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 }
-dump_logs() {
-	for f in "$T"/cdp-journald.log "$T"/cdp-agent.log; do
-		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 25 "$f" >&2; }
-	done
-	true
-}
-cleanup_fn dump_logs
-
-# The newest consistent point's seq, or nothing.
-newest() {
-	ctl --json points db01 2>/dev/null | /usr/bin/python3 -c '
-import json, sys
-p = [x for x in json.load(sys.stdin) if x["consistent"]]
-print(p[-1]["seq"] if p else "")'
-}
-# Restores the newest consistent point and compares it with the source;
-# true once they are equal (the journal has caught up with every write).
-restore_matches() {
-	local s
-	s=$(newest)
-	[ -n "$s" ] || return 1
-	rm -rf "$T/out"
-	ctl restore db01 --at "seq:$s" -o "$T/out" >/dev/null 2>&1 || return 1
-	cmp -s "$SRC" "$T/out/vol0.img" || return 1
-	echo "$s" >"$T/matched"
-}
-check_restore() {
-	wait_for 60 restore_matches ||
-		die "$1: the newest point never equalled the source (last: seq $(newest); $(cmp "$SRC" "$T/out/vol0.img" 2>&1 | head -n 1))"
-	echo "ok: $1 (seq $(cat "$T/matched"))"
-}
 qio() { qemu-io -f raw "nbd+unix:///?socket=$NBD" "$@" >/dev/null || die "qemu-io $*"; }
 
-cat >"$T/db01.plan" <<EOF
-[plan]
-name = db01
-agent = agent-db01
-volumes = vol0:$SIZE
-retention = 1h
-EOF
+write_plan "vol0:$SIZE"
 cat >"$T/agent.conf" <<EOF
 [agent]
 id = agent-db01
