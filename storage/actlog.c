@@ -486,31 +486,9 @@ static uint32_t slot_size_for(unsigned max_active)
 	return CDP_ALIGN_UP(S_ENTRIES + max_active * AL_ENTRY + 4, CDP_IO_ALIGN);
 }
 
-/* The directory of @path (for fsync_dir). */
-static char *dir_of(const char *path)
+/* The header of a log with @al's parameters, into @h (AL_HDR_SIZE bytes). */
+static void fill_header(const struct cdp_actlog *al, uint8_t *h)
 {
-	char *d = cdp_xstrdup(path), *slash = strrchr(d, '/');
-
-	if (!slash)
-		strcpy(d, ".");
-	else if (slash == d)
-		d[1] = 0;
-	else
-		*slash = 0;
-	return d;
-}
-
-/* Creates the log at @path: header and zeroed slots, written aside then renamed. */
-static int create(struct cdp_actlog *al, const char *path, struct cdp_err *err)
-{
-	const struct cdp_io *io = al->io;
-	size_t plen = strlen(path);
-	char *tmp = cdp_xmalloc(plen + 5), *dir = dir_of(path);
-	uint8_t *h = cdp_xaligned_alloc(CDP_IO_ALIGN, AL_HDR_SIZE);
-	int fd, rc;
-
-	memcpy(tmp, path, plen);
-	memcpy(tmp + plen, ".tmp", 5);
 	memset(h, 0, AL_HDR_SIZE);
 	memcpy(h + H_MAGIC, AL_MAGIC, 8);
 	cdp_put_le32(h + H_VERSION, AL_VERSION);
@@ -521,34 +499,6 @@ static int create(struct cdp_actlog *al, const char *path, struct cdp_err *err)
 	cdp_put_le32(h + H_NSLOTS, AL_NSLOTS);
 	cdp_put_le32(h + H_SLOT_SIZE, al->slot_size);
 	cdp_put_le32(h + H_CRC, cdp_crc32c(0, h, H_CRC));
-
-	fd = rc = io->open(io->ctx, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (rc < 0) {
-		cdp_err_sys(err, rc, "creating %s", tmp);
-		goto out;
-	}
-	rc = cdp_io_pwrite(io, fd, h, AL_HDR_SIZE, 0);
-	if (rc == 0)
-		rc = io->ftruncate(io->ctx, fd, AL_HDR_SIZE + (uint64_t)AL_NSLOTS * al->slot_size);
-	if (rc == 0)
-		rc = cdp_io_fdatasync(io, fd);
-	if (rc < 0) {
-		cdp_err_sys(err, rc, "writing %s", tmp);
-		io->close(io->ctx, fd);
-		goto out;
-	}
-	rc = io->close(io->ctx, fd);
-	if (rc == 0)
-		rc = io->rename(io->ctx, tmp, path);
-	if (rc == 0)
-		rc = io->fsync_dir(io->ctx, dir);
-	if (rc < 0)
-		cdp_err_sys(err, rc, "creating %s", path);
-out:
-	free(h);
-	free(dir);
-	free(tmp);
-	return rc;
 }
 
 static int check_param(const char *field, uint32_t want, uint32_t have, struct cdp_err *err)
@@ -747,17 +697,17 @@ int cdp_actlog_open(const char *path, const struct cdp_actlog_opts *o, struct cd
 	pthread_mutex_init(&al->mu, NULL);
 	pthread_cond_init(&al->cond, NULL);
 
-	rc = al->io->open(al->io->ctx, path, O_RDWR | O_CLOEXEC, 0);
-	if (rc == -ENOENT) {
-		rc = create(al, path, err);
-		if (rc < 0)
-			goto fail;
-		rc = al->io->open(al->io->ctx, path, O_RDWR | O_CLOEXEC, 0);
+	/* A new log is created whole: header and zeroed slots, written aside, renamed. */
+	{
+		uint8_t *h = cdp_xaligned_alloc(CDP_IO_ALIGN, AL_HDR_SIZE);
+
+		fill_header(al, h);
+		rc = cdp_io_open_or_create(al->io, path, h, AL_HDR_SIZE,
+					   AL_HDR_SIZE + (uint64_t)AL_NSLOTS * al->slot_size, err);
+		free(h);
 	}
-	if (rc < 0) {
-		cdp_err_sys(err, rc, "open");
+	if (rc < 0)
 		goto fail;
-	}
 	al->fd = rc;
 	rc = read_header(al, err);
 	if (rc == 0)

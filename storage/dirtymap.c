@@ -294,18 +294,6 @@ static uint32_t hdr_size_for(unsigned nvolumes)
 	return CDP_ALIGN_UP(H_SIZES + 8 * nvolumes + 4, CDP_IO_ALIGN);
 }
 
-static char *dir_of(const char *path)
-{
-	char *d = cdp_xstrdup(path), *slash = strrchr(d, '/');
-
-	if (!slash)
-		strcpy(d, ".");
-	else if (slash == d)
-		d[1] = 0;
-	else
-		*slash = 0;
-	return d;
-}
 
 static void fill_header(const struct cdp_dirtymap *m, uint8_t *h)
 {
@@ -321,47 +309,6 @@ static void fill_header(const struct cdp_dirtymap *m, uint8_t *h)
 	for (unsigned v = 0; v < m->nvolumes; v++)
 		cdp_put_le64(h + H_SIZES + 8 * v, m->sizes[v]);
 	cdp_put_le32(h + crc_at, cdp_crc32c(0, h, crc_at));
-}
-
-/* Creates the map at @path: header and zeroed slots, written aside then renamed. */
-static int create(struct cdp_dirtymap *m, const char *path, struct cdp_err *err)
-{
-	const struct cdp_io *io = m->io;
-	size_t plen = strlen(path);
-	char *tmp = cdp_xmalloc(plen + 5), *dir = dir_of(path);
-	uint8_t *h = cdp_xaligned_alloc(CDP_IO_ALIGN, m->hdr_size);
-	int fd, rc;
-
-	memcpy(tmp, path, plen);
-	memcpy(tmp + plen, ".tmp", 5);
-	fill_header(m, h);
-	fd = rc = io->open(io->ctx, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (rc < 0) {
-		cdp_err_sys(err, rc, "creating %s", tmp);
-		goto out;
-	}
-	rc = cdp_io_pwrite(io, fd, h, m->hdr_size, 0);
-	if (rc == 0)
-		rc = io->ftruncate(io->ctx, fd, m->hdr_size + 2 * m->slot_size);
-	if (rc == 0)
-		rc = cdp_io_fdatasync(io, fd);
-	if (rc < 0) {
-		cdp_err_sys(err, rc, "writing %s", tmp);
-		io->close(io->ctx, fd);
-		goto out;
-	}
-	rc = io->close(io->ctx, fd);
-	if (rc == 0)
-		rc = io->rename(io->ctx, tmp, path);
-	if (rc == 0)
-		rc = io->fsync_dir(io->ctx, dir);
-	if (rc < 0)
-		cdp_err_sys(err, rc, "creating %s", path);
-out:
-	free(h);
-	free(dir);
-	free(tmp);
-	return rc;
 }
 
 static int read_header(struct cdp_dirtymap *m, struct cdp_err *err)
@@ -560,17 +507,17 @@ int cdp_dirtymap_open(const char *path, const struct cdp_dirtymap_opts *o,
 	pthread_mutex_init(&m->mu, NULL);
 	pthread_cond_init(&m->cond, NULL);
 
-	rc = m->io->open(m->io->ctx, path, O_RDWR | O_CLOEXEC, 0);
-	if (rc == -ENOENT) {
-		rc = create(m, path, err);
-		if (rc < 0)
-			goto fail;
-		rc = m->io->open(m->io->ctx, path, O_RDWR | O_CLOEXEC, 0);
+	/* A new map is created whole: header and zeroed slots, written aside, renamed. */
+	{
+		uint8_t *h = cdp_xaligned_alloc(CDP_IO_ALIGN, m->hdr_size);
+
+		fill_header(m, h);
+		rc = cdp_io_open_or_create(m->io, path, h, m->hdr_size,
+					   m->hdr_size + 2 * m->slot_size, err);
+		free(h);
 	}
-	if (rc < 0) {
-		cdp_err_sys(err, rc, "open");
+	if (rc < 0)
 		goto fail;
-	}
 	m->fd = rc;
 	rc = read_header(m, err);
 	if (rc == 0)

@@ -34,6 +34,7 @@
 #include "storage/io.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <liburing.h>
@@ -41,8 +42,10 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/util.h"
 
 #define RING_ENTRIES 128u
@@ -510,4 +513,73 @@ const struct cdp_io *cdp_io_real(void)
 const struct cdp_io *cdp_io_plain(void)
 {
 	return &plain_io;
+}
+
+/* ---- files created whole ------------------------------------------------ */
+
+/* The directory of @path (for fsync_dir). */
+static char *dir_of(const char *path)
+{
+	char *d = cdp_xstrdup(path), *slash = strrchr(d, '/');
+
+	if (!slash)
+		strcpy(d, ".");
+	else if (slash == d)
+		d[1] = 0;
+	else
+		*slash = 0;
+	return d;
+}
+
+static int create_whole(const struct cdp_io *io, const char *path, const void *hdr,
+			size_t hdr_len, uint64_t size, struct cdp_err *err)
+{
+	size_t plen = strlen(path);
+	char *tmp = cdp_xmalloc(plen + 5), *dir = dir_of(path);
+	int fd, rc;
+
+	memcpy(tmp, path, plen);
+	memcpy(tmp + plen, ".tmp", 5);
+	fd = rc = io->open(io->ctx, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (rc < 0) {
+		cdp_err_sys(err, rc, "creating %s", tmp);
+		goto out;
+	}
+	rc = cdp_io_pwrite(io, fd, hdr, hdr_len, 0);
+	if (rc == 0)
+		rc = io->ftruncate(io->ctx, fd, size);
+	if (rc == 0)
+		rc = cdp_io_fdatasync(io, fd);
+	if (rc < 0) {
+		cdp_err_sys(err, rc, "writing %s", tmp);
+		io->close(io->ctx, fd);
+		goto out;
+	}
+	rc = io->close(io->ctx, fd);
+	if (rc == 0)
+		rc = io->rename(io->ctx, tmp, path);
+	if (rc == 0)
+		rc = io->fsync_dir(io->ctx, dir);
+	if (rc < 0)
+		cdp_err_sys(err, rc, "creating %s", path);
+out:
+	free(dir);
+	free(tmp);
+	return rc;
+}
+
+int cdp_io_open_or_create(const struct cdp_io *io, const char *path, const void *hdr,
+			  size_t hdr_len, uint64_t size, struct cdp_err *err)
+{
+	int rc = io->open(io->ctx, path, O_RDWR | O_CLOEXEC, 0);
+
+	if (rc == -ENOENT) {
+		rc = create_whole(io, path, hdr, hdr_len, size, err);
+		if (rc < 0)
+			return rc;
+		rc = io->open(io->ctx, path, O_RDWR | O_CLOEXEC, 0);
+	}
+	if (rc < 0)
+		cdp_err_sys(err, rc, "open");
+	return rc;
 }

@@ -97,6 +97,16 @@ static inline int cdp_io_fdatasync(const struct cdp_io *io, int fd)
 	return io->fdatasync_batch(io->ctx, &fd, 1);
 }
 
+/*
+ * Opens @path read-write; when it does not exist, creates it first, whole or
+ * not at all: @hdr (@hdr_len bytes, CDP_IO_ALIGN-aligned) at offset 0 of
+ * "@path.tmp", the file extended to @size, fdatasync, rename over @path, fsync
+ * of its directory. Returns the fd, or -errno with @err naming the file.
+ */
+struct cdp_err;
+int cdp_io_open_or_create(const struct cdp_io *io, const char *path, const void *hdr,
+			  size_t hdr_len, uint64_t size, struct cdp_err *err);
+
 /* ---- power-cut shim (tests) ----------------------------------------- */
 
 struct cdp_io_shim;
