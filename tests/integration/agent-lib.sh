@@ -14,9 +14,11 @@ PLAN=db01
 
 ctl() { "$CTL" --server "unix:$SOCK" "$@"; }
 
-# CDP_KEEP_LOG=FILE keeps the whole agent log for a closer look.
+# On failure, the tails of the daemons' logs; CDP_KEEP_LOG=FILE keeps the
+# whole agent log for a closer look.
 dump_logs() {
 	[ -n "${CDP_KEEP_LOG:-}" ] && [ -f "$T/cdp-agent.log" ] && cp "$T/cdp-agent.log" "$CDP_KEEP_LOG"
+	[ "${EXIT_STATUS:-1}" -ne 0 ] || return 0
 	for f in "$T"/cdp-journald.log "$T"/cdp-agent.log; do
 		[ -f "$f" ] && { echo "--- $f" >&2; tail -n 25 "$f" >&2; }
 	done

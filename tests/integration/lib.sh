@@ -45,8 +45,10 @@ cleanup_fn() {
 	_cleanups+=("$1")
 }
 
+# EXIT_STATUS: the test's exit status, for cleanups that only speak on failure.
 _run_cleanups() {
 	local rc=$? i pid
+	EXIT_STATUS=$rc
 	set +e
 	for ((i = ${#_cleanups[@]} - 1; i >= 0; i--)); do
 		"${_cleanups[$i]}"
