@@ -34,6 +34,13 @@
 #define SEAL_BACKLOG_FAST 2	/* segments waiting: go fast */
 #define SEAL_BACKLOG_RAW 4	/* segments waiting: store raw */
 #define ENC_POOL 8
+/*
+ * Segments waiting for the seal thread before completions wait for it: at
+ * this backlog it already stores raw (SHA-256 is then its only work), so the
+ * bound holds memory to ~SEAL_BACKLOG_MAX x 4 MiB without slowing writes
+ * that the sealer can keep up with.
+ */
+#define SEAL_BACKLOG_MAX 16
 #define SYNC_CHUNK (1u << 20)	/* bytes read per RESYNC record run */
 
 struct cdp_splitter;
@@ -388,6 +395,15 @@ static void answer(struct cdp_splitter *sp, struct op *op, int rc)
 	pthread_mutex_unlock(&sp->q_mu);
 }
 
+/* Holds a completion while the seal thread is SEAL_BACKLOG_MAX segments behind. */
+static void seal_backpressure(struct cdp_splitter *sp)
+{
+	pthread_mutex_lock(&sp->seal_mu);
+	while (sp->seal_backlog >= SEAL_BACKLOG_MAX && !sp->seal_stop)
+		pthread_cond_wait(&sp->seal_cond, &sp->seal_mu);
+	pthread_mutex_unlock(&sp->seal_mu);
+}
+
 /* A change reached the source: record it (or mark it dirty), then answer. */
 static void complete_change(struct cdp_splitter *sp, struct op *op)
 {
@@ -397,6 +413,7 @@ static void complete_change(struct cdp_splitter *sp, struct op *op)
 	uint64_t wid;
 	int rc = 0;
 
+	seal_backpressure(sp);
 	pthread_mutex_lock(&sp->mu);
 	wid = ++sp->wid;
 	v->last_write_wid = wid;
