@@ -622,14 +622,15 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 		s_nrec = s->nrecords;
 		s_last = s->last_seq;
 		hl = cdp_capture_up_segment_head(&sg, s->len, head);
+		/* Each attempt hands gRPC a reference of its own (released whatever
+		 * the send returns); ours, from cdp_cache_next(), goes after the loop,
+		 * so the bytes outlive a cache that drops the segment meanwhile. */
 		do {
+			cdp_cache_get(s);
 			rc = cdp_rpc_stream_send_parts(st, head, hl, s->data, s->len, release_seg, s,
 						       a->cfg.ack_timeout, &err);
-			if (rc == -ETIMEDOUT)
-				cdp_cache_get(s);	/* the failed send released one reference */
 		} while (rc == -ETIMEDOUT && !atomic_load(&x.dead) && !atomic_load(&a->stop));
-		if (rc == -ETIMEDOUT)
-			cdp_cache_put(s);
+		cdp_cache_put(s);
 		if (rc) {
 			if (rc != -ETIMEDOUT)
 				cdp_log_warn("agent: send: %s", err.msg);

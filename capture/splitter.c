@@ -958,7 +958,7 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 /* One block run under the range lock: read, then a RESYNC record with its seq. */
 static int resync_run(struct cdp_splitter *sp, struct vol *v, uint64_t off, uint32_t len,
-		      uint8_t *buf, bool known_hole, struct cdp_err *err)
+		      uint8_t *buf, bool known_hole, bool advance_ckpt, struct cdp_err *err)
 {
 	struct rl_node n = { .off = off, .len = len };
 	struct cdp_record r = { .flags = CDP_REC_F_RESYNC };
@@ -989,7 +989,7 @@ static int resync_run(struct cdp_splitter *sp, struct vol *v, uint64_t off, uint
 			sp->st.resync_bytes += len;
 		else if (!rc)
 			sp->st.resync_zero_bytes += len;
-		if (!rc && sp->have_ckpt) {
+		if (!rc && sp->have_ckpt && advance_ckpt) {
 			sp->ckpt_volume = v->id;
 			sp->ckpt_offset = off + len;
 		}
@@ -1018,14 +1018,38 @@ static int sync_marker(struct cdp_splitter *sp, uint16_t kind, const struct cdp_
 
 #define SYNC_ROOM_POLL (100 * CDP_NS_PER_MS)
 
-/* Waits for cache room for sync records; gives up when stopped or no longer continuous. */
+/* Whether nothing waits for the seal thread (a sync's records are all in the cache). */
+static bool seal_idle(struct cdp_splitter *sp)
+{
+	struct timespec until;
+	bool idle;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += SYNC_ROOM_POLL;
+	if (until.tv_nsec >= CDP_NS_PER_SEC) {
+		until.tv_sec++;
+		until.tv_nsec -= CDP_NS_PER_SEC;
+	}
+	pthread_mutex_lock(&sp->seal_mu);
+	if (sp->seal_backlog)
+		pthread_cond_timedwait(&sp->seal_cond, &sp->seal_mu, &until);
+	idle = !sp->seal_backlog;
+	pthread_mutex_unlock(&sp->seal_mu);
+	return idle;
+}
+
+/*
+ * Waits for cache room for sync records: nothing waiting to be sealed, and
+ * the cache short of its bound by the open segment and one more; gives up
+ * when stopped or no longer continuous.
+ */
 static int sync_room(struct cdp_splitter *sp, const _Atomic bool *stop, struct cdp_err *err)
 {
 	uint64_t max = cdp_cache_max_bytes(sp->o.cache);
 	uint64_t keep = 2ull * CDP_SEG_MAX_RAW;
 	uint64_t limit = max > 2 * keep ? max - keep : max / 2;
 
-	while (!cdp_cache_wait_room(sp->o.cache, limit, SYNC_ROOM_POLL)) {
+	while (!seal_idle(sp) || !cdp_cache_wait_room(sp->o.cache, limit, SYNC_ROOM_POLL)) {
 		if (stop && atomic_load(stop))
 			return cdp_err_set(err, -ECANCELED, "resync: stopped");
 		if (cdp_splitter_mode(sp) != CDP_SPLIT_CONTINUOUS)
@@ -1050,6 +1074,41 @@ static void pace(int64_t t0, uint64_t bytes, uint64_t rate)
 	ts.tv_sec = (due - at) / CDP_NS_PER_SEC;
 	ts.tv_nsec = (due - at) % CDP_NS_PER_SEC;
 	nanosleep(&ts, NULL);
+}
+
+/*
+ * The next run of a sync at or after @off: with @dirty_walk the next dirty
+ * blocks (cleared before they are read: a write after that is a record
+ * anyway), else the next chunk of the volume, a hole (*@hole: ZERO records,
+ * no read) when SEEK_DATA says so. False at the end of the volume.
+ */
+static bool next_run(struct cdp_splitter *sp, struct vol *v, bool dirty_walk, uint64_t off,
+		     uint64_t *doff, uint64_t *dlen, bool *hole)
+{
+	off_t data;
+	bool found;
+
+	*hole = false;
+	if (dirty_walk) {
+		pthread_mutex_lock(&sp->mu);
+		found = cdp_dirtymap_next(sp->o.dm, v->id, off, SYNC_CHUNK, doff, dlen);
+		if (found)
+			cdp_dirtymap_clear(sp->o.dm, v->id, *doff, *dlen);
+		pthread_mutex_unlock(&sp->mu);
+		return found;
+	}
+	if (off >= v->size)
+		return false;
+	*doff = off;
+	*dlen = CDP_MIN((uint64_t)SYNC_CHUNK, v->size - off);
+	data = v->blockdev ? (off_t)off : lseek(v->fd, (off_t)off, SEEK_DATA);
+	if (data < 0 || (uint64_t)data > off) {
+		uint64_t end = data < 0 ? v->size : CDP_MIN((uint64_t)data, v->size);
+
+		*dlen = CDP_MIN(*dlen, end - off);
+		*hole = true;
+	}
+	return true;
 }
 
 int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_volume,
@@ -1081,53 +1140,43 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 	sp->ckpt_offset = from_offset;
 	pthread_mutex_unlock(&sp->mu);
 	rc = sync_marker(sp, CDP_REC_SYNC_BEGIN, &si, err);
-	for (unsigned vi = from_volume; !rc && vi < sp->nvol; vi++) {
-		struct vol *v = &sp->vols[vi];
-		uint64_t off = vi == from_volume ? from_offset : 0;
-
-		while (!rc && off < v->size) {
+	/*
+	 * A full sync reads every volume from the checkpoint on, then (pass 1)
+	 * sends the dirty bitmap's blocks too: changes kept only there (an
+	 * interrupted sync, incremental mode) would otherwise be missing from
+	 * the first consistent point. An incremental sync is that pass alone.
+	 */
+	for (int pass = kind == CDP_SYNC_FULL ? 0 : 1; !rc && pass < 2; pass++) {
+		for (unsigned vi = pass ? 0 : from_volume; !rc && vi < sp->nvol; vi++) {
+			struct vol *v = &sp->vols[vi];
+			uint64_t off = !pass && vi == from_volume ? from_offset : 0;
 			uint64_t doff, dlen;
-			bool hole = false;
+			bool hole;
 
-			if (stop && atomic_load(stop)) {
-				rc = cdp_err_set(err, -ECANCELED, "resync: stopped");
-				break;
-			}
-			if (kind == CDP_SYNC_FULL) {
-				off_t data = v->blockdev ? (off_t)off : lseek(v->fd, (off_t)off, SEEK_DATA);
-
-				doff = off;
-				dlen = CDP_MIN((uint64_t)SYNC_CHUNK, v->size - off);
-				if (data < 0 || (uint64_t)data > off) {
-					/* A hole up to @data (or to the end): ZERO records, no reads. */
-					uint64_t end = data < 0 ? v->size : CDP_MIN((uint64_t)data, v->size);
-
-					dlen = CDP_MIN(dlen, end - off);
-					hole = true;
+			while (!rc && next_run(sp, v, pass, off, &doff, &dlen, &hole)) {
+				if (stop && atomic_load(stop)) {
+					rc = cdp_err_set(err, -ECANCELED, "resync: stopped");
+					break;
 				}
-			} else {
-				/* Clear before reading: a write after this is a record anyway. */
-				pthread_mutex_lock(&sp->mu);
-				if (!cdp_dirtymap_next(sp->o.dm, vi, off, SYNC_CHUNK, &doff, &dlen)) {
+				/* Sync records never crowd out CDP records: leave the
+				 * open segment and one being sealed room in the cache. */
+				if (!hole)
+					rc = sync_room(sp, stop, err);
+				if (!rc)
+					rc = resync_run(sp, v, doff, (uint32_t)dlen, buf, hole, !pass,
+							err);
+				if (rc && pass) {
+					/* Its bits were cleared but no record went out. */
+					pthread_mutex_lock(&sp->mu);
+					cdp_dirtymap_set(sp->o.dm, v->id, doff, dlen);
 					pthread_mutex_unlock(&sp->mu);
-					break;
 				}
-				cdp_dirtymap_clear(sp->o.dm, vi, doff, dlen);
-				pthread_mutex_unlock(&sp->mu);
+				if (!rc && !hole) {
+					bytes += dlen;
+					pace(t0, bytes, rate_bps ? atomic_load(rate_bps) : 0);
+				}
+				off = doff + dlen;
 			}
-			/* Sync records never crowd out CDP records: leave the open
-			 * segment and one being sealed room in the cache. */
-			if (!hole) {
-				rc = sync_room(sp, stop, err);
-				if (rc)
-					break;
-			}
-			rc = resync_run(sp, v, doff, (uint32_t)dlen, buf, hole, err);
-			if (!hole) {
-				bytes += dlen;
-				pace(t0, bytes, rate_bps ? atomic_load(rate_bps) : 0);
-			}
-			off = doff + dlen;
 		}
 	}
 	if (!rc)
