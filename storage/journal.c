@@ -1287,11 +1287,15 @@ static int foldable_cb(void *arg, const struct jseg *s)
 	return 0;
 }
 
-/* Bytes a fold could free now, pins permitting; fills @why with the pin. */
+/*
+ * Bytes a fold could free once momentary checks let go, pins permitting;
+ * fills @why with the pin. The verifier's own pin does not count: it is
+ * released within a pass, and the fold then catches up.
+ */
 static uint64_t foldable_bytes(struct cdp_journal *j, struct jplan *p, uint64_t horizon,
 			       char *why, size_t size)
 {
-	struct foldable_arg f = { horizon, jpin_limit(j, p, why, size), 0 };
+	struct foldable_arg f = { horizon, jpin_limit_holding(j, p, why, size), 0 };
 
 	if (f.limit <= horizon)
 		return 0;

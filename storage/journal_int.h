@@ -248,12 +248,15 @@ void jverified_put(struct cdp_journal *j, rocksdb_writebatch_t *wb, uint64_t pla
 int jpin_add(struct cdp_journal *j, struct jplan *p, struct jpin *pin, uint64_t seq,
 	     const char *what);
 void jpin_remove(struct cdp_journal *j, struct jplan *p, struct jpin *pin);
-/* The lowest seq the horizon may reach and what holds it (mu held). */
 /* Whether a cursor record pins history at wall time @now (lag-bounded ones expire). */
 bool jcursor_pins(const uint8_t *v, size_t len, int64_t now);
+/* The lowest seq the horizon may reach and what holds it (mu held). */
 uint64_t jpin_limit_locked(struct cdp_journal *j, struct jplan *p, char *why, size_t why_size);
 /* Same, reading pinning cursors from the index (no lock held). */
 uint64_t jpin_limit(struct cdp_journal *j, struct jplan *p, char *why, size_t why_size);
+/* Same without the verifier's and scrub's pins: what may make a journal full. */
+uint64_t jpin_limit_holding(struct cdp_journal *j, struct jplan *p, char *why,
+			    size_t why_size);
 
 /* the commit queue: internal ops (journal.c) */
 int jqueue_damage(struct cdp_journal *j, uint64_t plan, uint64_t first_seq);

@@ -52,11 +52,19 @@ void jpin_remove(struct cdp_journal *j, struct jplan *p, struct jpin *pin)
 	pthread_mutex_unlock(&j->mu);
 }
 
-uint64_t jpin_limit_locked(struct cdp_journal *j, struct jplan *p, char *why, size_t why_size)
+/* The verifier and scrub only read for a moment: they never make a journal full. */
+static bool pin_is_check(const struct jpin *pin)
+{
+	return !strcmp(pin->what, "verifier") || !strcmp(pin->what, "scrub");
+}
+
+static uint64_t pins_limit_locked(struct jplan *p, bool skip_checks, char *why, size_t why_size)
 {
 	uint64_t limit = UINT64_MAX;
 
 	for (struct jpin *pin = p->pins; pin; pin = pin->next) {
+		if (skip_checks && pin_is_check(pin))
+			continue;
 		if (pin->seq < limit) {
 			limit = pin->seq;
 			if (why)
@@ -67,7 +75,26 @@ uint64_t jpin_limit_locked(struct cdp_journal *j, struct jplan *p, char *why, si
 	return limit;
 }
 
+uint64_t jpin_limit_locked(struct cdp_journal *j, struct jplan *p, char *why, size_t why_size)
+{
+	return pins_limit_locked(p, false, why, why_size);
+}
+
+static uint64_t limit_of(struct cdp_journal *j, struct jplan *p, bool skip_checks, char *why,
+			 size_t why_size);
+
 uint64_t jpin_limit(struct cdp_journal *j, struct jplan *p, char *why, size_t why_size)
+{
+	return limit_of(j, p, false, why, why_size);
+}
+
+uint64_t jpin_limit_holding(struct cdp_journal *j, struct jplan *p, char *why, size_t why_size)
+{
+	return limit_of(j, p, true, why, why_size);
+}
+
+static uint64_t limit_of(struct cdp_journal *j, struct jplan *p, bool skip_checks, char *why,
+			 size_t why_size)
 {
 	rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
 	uint8_t s[16], e[16];
@@ -102,7 +129,7 @@ uint64_t jpin_limit(struct cdp_journal *j, struct jplan *p, char *why, size_t wh
 	pthread_mutex_lock(&j->mu);
 	{
 		char pwhy[CDP_ERR_MSG_MAX];
-		uint64_t pl = jpin_limit_locked(j, p, pwhy, sizeof(pwhy));
+		uint64_t pl = pins_limit_locked(p, skip_checks, pwhy, sizeof(pwhy));
 
 		if (pl < limit) {
 			limit = pl;
