@@ -169,7 +169,7 @@ struct agent {
 	pthread_mutex_t mu;
 	pthread_cond_t cond;
 	/* guarded by mu */
-	uint64_t epoch, plan_id;
+	uint64_t epoch;
 	bool started;		/* the chain continues (first welcome seen) */
 	bool want_sync;		/* a sync should run */
 	uint32_t sync_kind;
@@ -178,7 +178,6 @@ struct agent {
 	bool syncing;
 	bool link_up;
 	int64_t down_since;	/* mono ns, 0 while up */
-	uint64_t sent_pos;	/* cache position sent on the current stream */
 	uint64_t sent_hi;	/* highest record seq sent on it */
 	uint64_t resume_pos;	/* the welcome's answer: send cache entries after it */
 	uint64_t durable;	/* highest acked seq */
@@ -382,7 +381,6 @@ static void on_welcome(struct agent *a, const Cdp__V1__CaptureWelcome *w)
 	pthread_mutex_lock(&a->mu);
 	first = !a->started;
 	a->epoch = w->epoch;
-	a->plan_id = w->plan_id;
 	a->durable = w->durable_seq;
 	pthread_mutex_unlock(&a->mu);
 	/* Drop what the journal has, then find where its chain ends in the cache. */
@@ -574,7 +572,6 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 	pthread_cond_init(&x.cond, NULL);
 	pthread_mutex_lock(&a->mu);
 	a->last_progress = mono();
-	a->sent_pos = 0;
 	a->sent_hi = 0;
 	pthread_mutex_unlock(&a->mu);
 	atomic_store(&a->restream, false);
@@ -639,7 +636,6 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 		pthread_mutex_lock(&a->mu);
 		if (a->sent_hi <= a->durable)	/* nothing was outstanding: the wait starts now */
 			a->last_progress = mono();
-		a->sent_pos = pos;
 		if (s_nrec)
 			a->sent_hi = CDP_MAX(a->sent_hi, s_last);
 		pthread_mutex_unlock(&a->mu);
