@@ -7,7 +7,8 @@
  * splitter.
  *
  * Contract for implementations:
- *  - submit() never blocks on I/O; it may block briefly on a lock. It returns
+ *  - submit() never blocks on I/O (unless CDP_IO_F_INLINE, below); it may
+ *    block briefly on a lock. It returns
  *    0 when the request was taken (done() will be called exactly once, from
  *    any thread, possibly before submit() returns), or -errno when it was
  *    refused at once (done() is then NOT called).
@@ -16,6 +17,11 @@
  *    submit(); implementations check again and refuse with -EINVAL.
  *  - FLUSH covers every write whose done() was called before the FLUSH was
  *    submitted. FUA makes that one write durable before its done().
+ *  - CDP_IO_F_INLINE: the caller has nothing else to do until this request
+ *    completes (a client with one request in flight), so submit() may do the
+ *    I/O on the calling thread and call done() before it returns. Without it
+ *    submit() never waits for I/O. It is a hint: an implementation may
+ *    ignore it, and done() may still come from another thread.
  */
 #ifndef CDP_CAPTURE_EXPORT_H
 #define CDP_CAPTURE_EXPORT_H
@@ -34,6 +40,7 @@ enum cdp_io_kind {
 
 #define CDP_IO_F_FUA 0x1u	/* WRITE, TRIM, ZERO: durable before done() */
 #define CDP_IO_F_NO_HOLE 0x2u	/* ZERO: do not punch a hole (NBD_CMD_FLAG_NO_HOLE) */
+#define CDP_IO_F_INLINE 0x4u	/* submit() may run the I/O on the caller's thread */
 
 struct cdp_io_req {
 	enum cdp_io_kind kind;

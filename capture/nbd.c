@@ -13,11 +13,18 @@
  *    them (cdp_nbd_check_request), reads WRITE payloads into the request's
  *    own buffer and submits to the export. At the end it waits until nothing
  *    is in flight, closes the reply queue, joins the writer and finishes.
- *  - The writer ("nbd/wN") owns the send side in transmission. Export done()
+ *  - The writer ("nbd/wN") sends replies in transmission. Export done()
  *    callbacks (any thread) and the reader push finished requests on the
  *    queue "done>nbd/wN"; the writer sends each reply (with the data of a
  *    READ), frees the request and gives its slot back. The queue holds
  *    max_inflight items, as many as can be in flight, so a push never waits.
+ *  - A lone request (nothing else in flight on the connection: a client at
+ *    queue depth 1) is submitted with CDP_IO_F_INLINE and answered by the
+ *    reader itself when the export completes it inside submit(): no thread
+ *    hand-off at all. r->inline_state settles the race with a done() from
+ *    another thread (the export may still queue it): whoever comes second
+ *    of "submit returned" and "done" owns the reply. Sends from the reader
+ *    and the writer are serialised by c->send_mu.
  *  - Flow control: c->inflight (guarded by c->mu) counts requests between
  *    the reader taking them and the writer freeing them. The reader reads no
  *    new header while it is max_inflight: memory per connection is bounded
@@ -341,12 +348,19 @@ struct nbd_conn {
 
 	pthread_t writer;
 	struct cdp_queue *replies;	/* "done>nbd/wN" */
-	uint64_t errors;	/* writer only */
+	pthread_mutex_t send_mu;	/* the socket's send side */
+	uint64_t errors;	/* guarded by send_mu */
 
 	pthread_mutex_t mu;
 	pthread_cond_t cond;	/* inflight went down */
 	unsigned inflight;	/* guarded by mu */
 	atomic_bool dead;	/* a send failed: replies are dropped */
+};
+
+enum {
+	INLINE_NO,		/* an ordinary request: done() queues it for the writer */
+	INLINE_SUBMITTING,	/* inside an inline submit(): done() leaves it there */
+	INLINE_DONE,		/* done() came during the inline submit(): the reader answers */
 };
 
 struct nbd_req {
@@ -357,6 +371,7 @@ struct nbd_req {
 	uint16_t type;
 	uint32_t error;		/* the NBD error to reply with, once final */
 	int rc;			/* from the export */
+	_Atomic int inline_state;	/* INLINE_*: who answers an inline submit */
 	uint8_t data[];		/* READ and WRITE payload */
 };
 
@@ -782,8 +797,11 @@ static void req_finish(struct nbd_req *r)
 static void req_done(struct cdp_io_req *io, int rc)
 {
 	struct nbd_req *r = (struct nbd_req *)io;
+	int expect = INLINE_SUBMITTING;
 
 	r->rc = rc;
+	if (atomic_compare_exchange_strong(&r->inline_state, &expect, INLINE_DONE))
+		return;		/* the reader, still in submit(), answers it */
 	req_finish(r);
 }
 
@@ -818,16 +836,16 @@ static void send_reply(struct nbd_conn *c, struct nbd_req *r)
 	struct iovec iov[2] = { { h, sizeof(h) }, { r->data, r->io.length } };
 	int n = 1, rc;
 
-	if (r->error)
-		c->errors++;
-	if (atomic_load(&c->dead))
-		return;
 	put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
 	put_be32(h + 4, r->error);
 	put_be64(h + 8, r->handle);
 	if (r->type == NBD_CMD_READ && !r->error)
 		n = 2;
-	rc = conn_sendv(c, iov, n, -1);
+	pthread_mutex_lock(&c->send_mu);
+	if (r->error)
+		c->errors++;
+	rc = atomic_load(&c->dead) ? 0 : conn_sendv(c, iov, n, -1);
+	pthread_mutex_unlock(&c->send_mu);
 	if (rc) {
 		/* The client is gone: drop every reply from now on, stop the reader. */
 		atomic_store(&c->dead, true);
@@ -839,29 +857,64 @@ static void send_reply(struct nbd_conn *c, struct nbd_req *r)
 	}
 }
 
+/* @r's current piece is done: submit the next one, or answer and free it. */
+static void req_advance(struct nbd_conn *c, struct nbd_req *r)
+{
+	if (req_next_piece(c, r)) {
+		req_submit(c, r);
+		return;
+	}
+	if (!r->error && r->rc < 0)
+		r->error = nbd_errno(r->rc);
+	if (r->error)
+		cdp_log_debug("nbd", "nbd: conn %u: %s offset %" PRIu64 " length %" PRIu32
+			      ": error %" PRIu32, c->id, cmd_name(r->type), r->io.offset,
+			      r->io.length, r->error);
+	send_reply(c, r);
+	free(r);
+	inflight_put(c);
+}
+
 static void *writer_main(void *arg)
 {
 	struct nbd_conn *c = arg;
 	void *p;
 
-	while (cdp_queue_pop(c->replies, &p, CDP_QUEUE_UNTIL_CLOSED) == 0) {
-		struct nbd_req *r = p;
-
-		if (req_next_piece(c, r)) {
-			req_submit(c, r);
-			continue;
-		}
-		if (!r->error && r->rc < 0)
-			r->error = nbd_errno(r->rc);
-		if (r->error)
-			cdp_log_debug("nbd", "nbd: conn %u: %s offset %" PRIu64 " length %" PRIu32
-				      ": error %" PRIu32, c->id, cmd_name(r->type), r->io.offset,
-				      r->io.length, r->error);
-		send_reply(c, r);
-		free(r);
-		inflight_put(c);
-	}
+	while (cdp_queue_pop(c->replies, &p, CDP_QUEUE_UNTIL_CLOSED) == 0)
+		req_advance(c, p);
 	return NULL;
+}
+
+/*
+ * Submits the reader's request @r; when it is the only one in flight, with
+ * CDP_IO_F_INLINE, and answers it here if the export completed it in submit().
+ */
+static void req_submit_first(struct nbd_conn *c, struct nbd_req *r)
+{
+	int expect = INLINE_SUBMITTING;
+	bool lone;
+	int rc;
+
+	pthread_mutex_lock(&c->mu);
+	lone = c->inflight == 1;
+	pthread_mutex_unlock(&c->mu);
+	if (!lone) {
+		req_submit(c, r);
+		return;
+	}
+	r->io.flags |= CDP_IO_F_INLINE;
+	atomic_store(&r->inline_state, INLINE_SUBMITTING);
+	rc = c->e->submit(c->e, &r->io);
+	if (rc < 0) {
+		r->rc = rc;
+		atomic_store(&r->inline_state, INLINE_DONE);
+	} else if (atomic_compare_exchange_strong(&r->inline_state, &expect, INLINE_NO)) {
+		return;		/* done() comes later, from another thread: the writer answers */
+	}
+	/* Completed in submit(): later pieces of a split TRIM/ZERO go the usual way. */
+	r->io.flags &= ~CDP_IO_F_INLINE;
+	atomic_store(&r->inline_state, INLINE_NO);
+	req_advance(c, r);
 }
 
 /* Reads and throws away @len bytes of a refused WRITE's payload. */
@@ -1006,7 +1059,7 @@ static int serve_requests(struct nbd_conn *c)
 		}
 		if (q.flags & NBD_CMD_FLAG_FUA && q.type != NBD_CMD_READ && q.type != NBD_CMD_FLUSH)
 			r->io.flags |= CDP_IO_F_FUA;
-		req_submit(c, r);
+		req_submit_first(c, r);
 	}
 }
 
@@ -1063,6 +1116,7 @@ static struct nbd_conn *conn_new(struct cdp_nbd_server *s, int fd, unsigned id)
 	c->id = id;
 	snprintf(c->peer, sizeof(c->peer), "?");
 	pthread_mutex_init(&c->mu, NULL);
+	pthread_mutex_init(&c->send_mu, NULL);
 	pthread_cond_init(&c->cond, NULL);
 	atomic_init(&c->dead, false);
 	return c;
@@ -1073,6 +1127,7 @@ static void conn_free(struct nbd_conn *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	pthread_mutex_destroy(&c->mu);
+	pthread_mutex_destroy(&c->send_mu);
 	pthread_cond_destroy(&c->cond);
 	free(c);
 }

@@ -472,6 +472,7 @@ void cdp_actlog_stats(struct cdp_actlog *al, struct cdp_actlog_stats *st)
 	memset(st, 0, sizeof(*st));
 	pthread_mutex_lock(&al->mu);
 	st->active = al->nactive;
+	st->max_active = al->max_active;
 	for (const struct ext *e = al->head; e; e = e->next)
 		st->busy += !idle(al, e);
 	st->log_writes = al->log_writes;

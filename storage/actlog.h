@@ -94,6 +94,7 @@ void cdp_actlog_settle(struct cdp_actlog *al, uint64_t safe_seq);
 
 struct cdp_actlog_stats {
 	unsigned active;	/* extents in the set */
+	unsigned max_active;	/* its bound */
 	unsigned busy;		/* with writes above the last safe seq */
 	uint64_t log_writes;	/* synced slot writes since open */
 	uint64_t spills;	/* busy extents handed to spill */

@@ -158,9 +158,10 @@ static void pattern(uint8_t *p, size_t len, uint64_t seed)
 
 struct tx_log {
 	enum cdp_io_kind kind;
-	uint32_t flags;
+	uint32_t flags;		/* without CDP_IO_F_INLINE: */
 	uint64_t offset;
 	uint32_t length;
+	bool inl;		/* submitted with CDP_IO_F_INLINE */
 };
 
 struct tx {
@@ -230,7 +231,9 @@ static int tx_submit(struct cdp_export *e, struct cdp_io_req *r)
 	if (t->inflight > t->max_inflight)
 		t->max_inflight = t->inflight;
 	if (t->nlog < TX_LOG)
-		t->log[t->nlog++] = (struct tx_log){ r->kind, r->flags, r->offset, r->length };
+		t->log[t->nlog++] = (struct tx_log){ r->kind, r->flags & ~CDP_IO_F_INLINE,
+						     r->offset, r->length,
+						     (r->flags & CDP_IO_F_INLINE) != 0 };
 	hold = t->hold;
 	if (hold) {
 		TX_CHECK(t->nheld < TX_HELD_MAX);
@@ -1125,6 +1128,50 @@ static void test_flags_reach_the_export(void **state)
 	pthread_mutex_unlock(&fx->tx.mu);
 }
 
+/*
+ * A lone request goes to the export with CDP_IO_F_INLINE and is answered by
+ * the reader when done() comes inside submit(); one that the export
+ * completes later (from another thread) is answered by the writer; a request
+ * arriving while another is in flight is not inline.
+ */
+static void test_lone_request_runs_inline(void **state)
+{
+	struct fx *fx = *state;
+	struct tx *t = &fx->tx;
+	uint8_t buf[4096];
+	uint64_t handle;
+	int fd;
+
+	memset(buf, 0x5a, sizeof(buf));
+	fx_start(fx);
+	fd = cl_open(fx->sock, "", NULL);
+	assert_int_equal(cl_do(fd, CMD_WRITE, 0, 0, 4096, buf), 0);
+	TX_LOCKED(t, assert_int_equal(t->nlog, 1); assert_true(t->log[0].inl); t->nlog = 0);
+	/* Held: the inline submit returns without done(). */
+	tx_set_hold(t, true);
+	cl_req(fd, CMD_WRITE, 0, 1, 4096, 4096, buf);
+	tx_wait_held(t, 1);
+	cl_req(fd, CMD_READ, 0, 2, 0, 4096, NULL);
+	tx_wait_held(t, 2);
+	TX_LOCKED(t, assert_int_equal(t->nlog, 2); assert_true(t->log[0].inl);
+		  assert_false(t->log[1].inl); t->nlog = 0);
+	tx_set_hold(t, false);
+	tx_complete(t, true, 2);	/* from this thread, the read first */
+	assert_int_equal(cl_reply(fd, &handle), 0);
+	assert_true(handle == 2);
+	recv_ok(fd, buf, sizeof(buf));
+	assert_int_equal(buf[0], 0x5a);
+	assert_int_equal(cl_reply(fd, &handle), 0);
+	assert_true(handle == 1);
+	/* Alone again: inline again, and refused inline submits are answered too. */
+	assert_int_equal(cl_do(fd, CMD_FLUSH, 0, 0, 0, NULL), 0);
+	TX_LOCKED(t, t->refuse_rc = -EIO);
+	assert_int_equal(cl_do(fd, CMD_WRITE, 0, 0, 4096, buf), E_IO);
+	TX_LOCKED(t, t->refuse_rc = 0; assert_int_equal(t->nlog, 1); assert_true(t->log[0].inl));
+	cl_disc(fd);
+	close(fd);
+}
+
 static void test_long_trim_and_zero_are_split(void **state)
 {
 	struct fx *fx = *state;
@@ -1340,8 +1387,14 @@ static void test_stop_with_a_client_not_reading(void **state)
 	fx_start(fx);
 	fd = cl_open(fx->sock, "", NULL);
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+	/* Held, so that none is answered inline by the reader: their replies
+	 * all go to the writer, which gets stuck in send. */
+	tx_set_hold(&fx->tx, true);
 	for (unsigned i = 0; i < 32; i++)
 		cl_req(fd, CMD_READ, 0, i, 0, 256u << 10, NULL);
+	tx_wait_held(&fx->tx, 32);
+	tx_set_hold(&fx->tx, false);
+	tx_complete(&fx->tx, false, 32);
 	/* Wait until the export has seen them all (the writer is stuck in send). */
 	t0 = mono_ns();
 	for (;;) {
@@ -1568,6 +1621,7 @@ int main(void)
 		FX(test_inflight_bound),
 		FX(test_errors_keep_the_connection),
 		FX(test_flags_reach_the_export),
+		FX(test_lone_request_runs_inline),
 		FX(test_long_trim_and_zero_are_split),
 		FX(test_disc_waits_for_in_flight),
 		FX(test_client_vanishes_with_requests_in_flight),

@@ -116,10 +116,13 @@ static void seam_hook(void *arg, unsigned volume, const struct cdp_io_req *req)
 	pthread_mutex_unlock(&s->mu);
 }
 
+static unsigned setup_extent_shift, setup_max_active;	/* 0: the log's defaults */
+
 static int setup(void **state)
 {
 	struct fx *f = cdp_xcalloc(1, sizeof(*f));
-	struct cdp_actlog_opts ao = { .nvolumes = 2 };
+	struct cdp_actlog_opts ao = { .nvolumes = 2, .extent_shift = setup_extent_shift,
+				      .max_active = setup_max_active };
 	struct cdp_dirtymap_opts mo = { 0 };
 	struct cdp_splitter_opts so = { 0 };
 	static const uint64_t sizes[2] = { VOL_SIZE, VOL_SIZE };
@@ -167,6 +170,18 @@ static int setup(void **state)
 	return 0;
 }
 
+/* A log of 16 extents of 64 KiB. */
+static int setup_small_log(void **state)
+{
+	int rc;
+
+	setup_extent_shift = 16;
+	setup_max_active = 16;
+	rc = setup(state);
+	setup_extent_shift = setup_max_active = 0;
+	return rc;
+}
+
 static int teardown(void **state)
 {
 	struct fx *f = *state;
@@ -201,17 +216,25 @@ static void start_capture_incremental(struct fx *f)
 	assert_int_equal(cdp_splitter_mode(f->sp), CDP_SPLIT_INCREMENTAL);	/* bits are set */
 }
 
-static void submit(struct fx *f, unsigned vol, struct cdp_io_req *r, enum cdp_io_kind kind,
-		   uint64_t off, uint32_t len, void *data)
+static void submit_flags(struct fx *f, unsigned vol, struct cdp_io_req *r,
+			 enum cdp_io_kind kind, uint32_t flags, uint64_t off, uint32_t len,
+			 void *data)
 {
 	memset(r, 0, sizeof(*r));
 	r->kind = kind;
+	r->flags = flags;
 	r->offset = off;
 	r->length = len;
 	r->data = data;
 	r->done = on_done;
 	assert_int_equal(cdp_splitter_export(f->sp, vol)->submit(cdp_splitter_export(f->sp, vol),
 								  r), 0);
+}
+
+static void submit(struct fx *f, unsigned vol, struct cdp_io_req *r, enum cdp_io_kind kind,
+		   uint64_t off, uint32_t len, void *data)
+{
+	submit_flags(f, vol, r, kind, 0, off, len, data);
 }
 
 /* Cuts a point (fake clock one interval on) and waits for it in the cache. */
@@ -353,6 +376,101 @@ static void log_rec(void *arg, const struct cdp_record *r, uint32_t seg_flags)
 	l->zeros += r->kind == CDP_REC_ZERO;
 }
 
+/*
+ * CDP_IO_F_INLINE: a request whose range is free runs on the caller's thread
+ * (done() before submit() returns); one that overlaps a request in flight
+ * still waits for it in the range lock.
+ */
+static void test_inline_submit(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_io_req r1, r2, r3, r4;
+	static uint8_t a[4096], b[4096];
+
+	start_capture(f);
+	memset(a, 0xa1, sizeof(a));
+	memset(b, 0xb2, sizeof(b));
+	submit_flags(f, 0, &r1, CDP_IO_WRITE, CDP_IO_F_INLINE, 0, sizeof(a), a);
+	pthread_mutex_lock(&dn.mu);
+	assert_int_equal(dn.n, 1);	/* answered inside submit() */
+	pthread_mutex_unlock(&dn.mu);
+	submit_flags(f, 0, &r2, CDP_IO_FLUSH, CDP_IO_F_INLINE, 0, 0, NULL);
+	pthread_mutex_lock(&dn.mu);
+	assert_int_equal(dn.n, 2);
+	pthread_mutex_unlock(&dn.mu);
+	/* r3 (not inline) is held at the source; r4 overlaps it: it must wait. */
+	f->seam.hold_first = true;
+	submit(f, 0, &r3, CDP_IO_WRITE, 4096, sizeof(a), a);
+	assert_true(wait_cond(&f->seam.mu, &f->seam.cond, seam_held, &f->seam));
+	submit_flags(f, 0, &r4, CDP_IO_WRITE, CDP_IO_F_INLINE, 4096, sizeof(b), b);
+	pthread_mutex_lock(&f->seam.mu);
+	assert_int_equal(f->seam.arrived, 2);	/* r1, r3: r4 did not reach the source */
+	f->seam.release = true;
+	pthread_cond_broadcast(&f->seam.cond);
+	pthread_mutex_unlock(&f->seam.mu);
+	wait_done(4);
+	for (unsigned i = 0; i < 4; i++)
+		assert_int_equal(dn.rc[i], 0);
+	{
+		uint8_t got[4096];
+		int fd = open(f->path[0], O_RDONLY);
+
+		assert_int_equal(pread(fd, got, sizeof(got), 4096), (ssize_t)sizeof(got));
+		close(fd);
+		assert_int_equal(got[0], 0xb2);	/* r4 after r3 */
+		assert_int_equal(got[4095], 0xb2);
+	}
+}
+
+/* The journal acknowledges every record so far (all sealed: point() waited). */
+static void ack_all(struct fx *f)
+{
+	struct cdp_splitter_stats st;
+
+	cdp_splitter_stats(f->sp, &st);
+	cdp_splitter_acked(f->sp, st.next_seq - 1, NULL);
+}
+
+static unsigned busy_extents(struct fx *f)
+{
+	struct cdp_actlog_stats st;
+
+	cdp_actlog_stats(f->al, &st);
+	return st.busy;
+}
+
+/*
+ * The point tick flushes the source only when half of the activity log's
+ * extents are busy (acknowledged by the journal but not yet flushed);
+ * below that the application's own FLUSH lets them go idle.
+ */
+static void test_tick_flushes_only_when_the_log_fills(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_io_req r[12];
+	static uint8_t a[4096];
+
+	start_capture(f);
+	memset(a, 0x3c, sizeof(a));
+	for (unsigned i = 0; i < 4; i++)	/* 4 of 16 extents */
+		submit(f, 0, &r[i], CDP_IO_WRITE, (uint64_t)i << 16, sizeof(a), a);
+	wait_done(4);
+	point(f);
+	ack_all(f);
+	point(f);
+	assert_int_equal(busy_extents(f), 4);	/* acked, not flushed: the tick left them */
+	submit(f, 0, &r[4], CDP_IO_FLUSH, 0, 0, NULL);
+	wait_done(5);
+	point(f);
+	assert_int_equal(busy_extents(f), 0);	/* the application's flush did */
+	for (unsigned i = 0; i < 8; i++)	/* 8 of 16: half */
+		submit(f, 1, &r[4 + i], CDP_IO_WRITE, (uint64_t)i << 16, sizeof(a), a);
+	wait_done(13);
+	point(f);	/* 8 busy: this tick flushes volume b */
+	ack_all(f);
+	assert_int_equal(busy_extents(f), 0);	/* acked and flushed: idle at once */
+}
+
 static void test_records_points_and_heartbeats(void **state)
 {
 	struct fx *f = *state;
@@ -457,6 +575,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_overlapping_write_waits_in_the_range_lock,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_records_points_and_heartbeats, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_inline_submit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tick_flushes_only_when_the_log_fills,
+						setup_small_log, teardown),
 		cmocka_unit_test_setup_teardown(test_incremental_then_resync, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_sync_skips_holes_and_zeros, setup,
 						teardown),
