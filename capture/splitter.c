@@ -292,8 +292,13 @@ static void cut_locked(struct cdp_splitter *sp, bool point, int64_t t)
 	seal_push(sp, it);
 }
 
-/* Adds a record (mu held, CONTINUOUS); cuts when the segment is full. */
-static int add_record_locked(struct cdp_splitter *sp, struct cdp_record *r, struct cdp_err *err)
+/*
+ * Adds a record (mu held, CONTINUOUS); cuts when the segment is full.
+ * @crc_opt: CDP_SEG_ENC_COMPUTE_CRC, or CDP_SEG_ENC_CRC_TRUSTED when the
+ * caller computed r->crc32c before taking mu.
+ */
+static int add_record_opt_locked(struct cdp_splitter *sp, struct cdp_record *r,
+				 unsigned crc_opt, struct cdp_err *err)
 {
 	int rc;
 
@@ -301,11 +306,11 @@ static int add_record_locked(struct cdp_splitter *sp, struct cdp_record *r, stru
 	if (r->time_ns < sp->t_last)
 		r->time_ns = sp->t_last;
 	r->seq = cdp_seg_enc_next_seq(sp->enc);
-	rc = cdp_seg_enc_add(sp->enc, r, CDP_SEG_ENC_COMPUTE_CRC, err);
+	rc = cdp_seg_enc_add(sp->enc, r, crc_opt, err);
 	if (rc == -E2BIG) {
 		cut_locked(sp, false, 0);
 		r->seq = cdp_seg_enc_next_seq(sp->enc);
-		rc = cdp_seg_enc_add(sp->enc, r, CDP_SEG_ENC_COMPUTE_CRC, err);
+		rc = cdp_seg_enc_add(sp->enc, r, crc_opt, err);
 	}
 	if (rc)
 		return rc;
@@ -315,6 +320,11 @@ static int add_record_locked(struct cdp_splitter *sp, struct cdp_record *r, stru
 	if (cdp_seg_enc_raw_len(sp->enc) >= CDP_SEG_MAX_RAW - CDP_REC_HDR_LEN - CDP_SECTOR)
 		cut_locked(sp, false, 0);
 	return 0;
+}
+
+static int add_record_locked(struct cdp_splitter *sp, struct cdp_record *r, struct cdp_err *err)
+{
+	return add_record_opt_locked(sp, r, CDP_SEG_ENC_COMPUTE_CRC, err);
 }
 
 /* ---- I/O ------------------------------------------------------------------- */
@@ -413,9 +423,13 @@ static void complete_change(struct cdp_splitter *sp, struct op *op)
 	struct cdp_io_req *req = op->req;
 	struct vol *v = op->v;
 	struct cdp_err err = CDP_ERR_INIT;
+	uint32_t crc = 0;
 	uint64_t wid;
 	int rc = 0;
 
+	/* The payload's CRC outside mu: completions serialise only on the copy. */
+	if (req->kind == CDP_IO_WRITE)
+		crc = cdp_crc32c(0, req->data, req->length);
 	seal_backpressure(sp);
 	pthread_mutex_lock(&sp->mu);
 	wid = ++sp->wid;
@@ -431,10 +445,11 @@ static void complete_change(struct cdp_splitter *sp, struct op *op)
 		if (req->kind == CDP_IO_WRITE) {
 			r.kind = CDP_REC_WRITE;
 			r.payload = req->data;
+			r.crc32c = crc;
 		} else {
 			r.kind = req->kind == CDP_IO_TRIM ? CDP_REC_TRIM : CDP_REC_ZERO;
 		}
-		rc = add_record_locked(sp, &r, &err);
+		rc = add_record_opt_locked(sp, &r, CDP_SEG_ENC_CRC_TRUSTED, &err);
 	}
 	if (sp->mode != CDP_SPLIT_CONTINUOUS || rc)
 		cdp_dirtymap_set(sp->o.dm, v->id, req->offset, req->length);

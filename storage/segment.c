@@ -459,8 +459,9 @@ int cdp_seg_enc_add(struct cdp_seg_enc *enc, const struct cdp_record *rec, unsig
 	uint8_t *p;
 	int rc;
 
-	if (opts & ~CDP_SEG_ENC_COMPUTE_CRC)
-		return cdp_err_set(err, -EINVAL, "segment encoder: options 0x%x unknown", opts);
+	if (opts & ~(CDP_SEG_ENC_COMPUTE_CRC | CDP_SEG_ENC_CRC_TRUSTED) ||
+	    (opts & CDP_SEG_ENC_COMPUTE_CRC && opts & CDP_SEG_ENC_CRC_TRUSTED))
+		return cdp_err_set(err, -EINVAL, "segment encoder: options 0x%x invalid", opts);
 	if (r.seq != want)
 		return cdp_err_set(err, -EINVAL, "record seq %" PRIu64 ": expected %" PRIu64,
 				   r.seq, want);
@@ -489,7 +490,7 @@ int cdp_seg_enc_add(struct cdp_seg_enc *enc, const struct cdp_record *rec, unsig
 				   "segment holds %zu of %u", r.seq, cdp_seg_record_size(plen),
 				   enc->raw.len, CDP_SEG_MAX_RAW);
 
-	if (plen) {
+	if (plen && !(opts & CDP_SEG_ENC_CRC_TRUSTED)) {
 		uint32_t crc = cdp_crc32c(0, r.payload, plen);
 
 		if (opts & CDP_SEG_ENC_COMPUTE_CRC)

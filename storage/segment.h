@@ -206,6 +206,11 @@ void cdp_seg_enc_set_prev(struct cdp_seg_enc *enc, const uint8_t prev[CDP_DIGEST
  * CDP_SEG_MAX_RAW (seal first), or -EINVAL naming the field.
  */
 #define CDP_SEG_ENC_COMPUTE_CRC 0x1u
+/*
+ * rec->crc32c was computed by the caller over these very payload bytes (the
+ * agent does it before taking its sequencing lock): not computed again.
+ */
+#define CDP_SEG_ENC_CRC_TRUSTED 0x2u
 int cdp_seg_enc_add(struct cdp_seg_enc *enc, const struct cdp_record *rec, unsigned opts,
 		    struct cdp_err *err);
 

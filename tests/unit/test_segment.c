@@ -961,6 +961,27 @@ static void test_enc_accepts_given_crc(void **state)
 	cdp_seg_enc_free(enc);
 }
 
+/*
+ * CDP_SEG_ENC_CRC_TRUSTED: the caller's crc32c goes in as given (not computed
+ * again); a wrong one is then the decoder's to find. Not with COMPUTE_CRC.
+ */
+static void test_enc_trusted_crc(void **state)
+{
+	struct cdp_seg_enc *enc = cdp_seg_enc_new(PLAN, EPOCH, 11, NULL);
+	struct cdp_record r = ok_write();
+	struct cdp_buf b = CDP_BUF_INIT;
+	struct cdp_segment *seg;
+	struct cdp_err err = CDP_ERR_INIT;
+
+	enc_rejects(r, CDP_SEG_ENC_COMPUTE_CRC | CDP_SEG_ENC_CRC_TRUSTED, "options 0x3");
+	r.crc32c = cdp_crc32c(0, pay_w6, sizeof(pay_w6)) ^ 1;
+	assert_int_equal(cdp_seg_enc_add(enc, &r, CDP_SEG_ENC_CRC_TRUSTED, &err), 0);
+	assert_int_equal(cdp_seg_enc_seal(enc, NULL, &b, NULL, &err), 0);
+	assert_err(&err, cdp_seg_decode(b.data, b.len, NULL, &seg, &err), -EBADMSG, "crc32c");
+	cdp_seg_enc_free(enc);
+	cdp_buf_release(&b);
+}
+
 static void test_seal_rejects_bad_options(void **state)
 {
 	struct cdp_seg_enc *enc = cdp_seg_enc_new(PLAN, EPOCH, 1, NULL);
@@ -1823,6 +1844,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_enc_rejects_bad_sync_payload),
 		cmocka_unit_test(test_enc_rejects_wrong_crc),
 		cmocka_unit_test(test_enc_accepts_given_crc),
+		cmocka_unit_test(test_enc_trusted_crc),
 		cmocka_unit_test(test_seal_rejects_bad_options),
 		cmocka_unit_test(test_decode_accepts_the_fixture),
 		cmocka_unit_test(test_decode_rejects_truncated_header),
