@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,7 @@
 #define SEAL_BACKLOG_FAST 2	/* segments waiting: go fast */
 #define SEAL_BACKLOG_RAW 4	/* segments waiting: store raw */
 #define ENC_POOL 8
+#define SEAL_NICE 5		/* the seal thread's nice value, above the agent's */
 /*
  * Segments waiting for the seal thread before completions wait for it: at
  * this backlog it already stores raw (SHA-256 is then its only work), so the
@@ -731,7 +733,18 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 static void *seal_main(void *arg)
 {
 	struct cdp_splitter *sp = arg;
+	int prio;
 
+	/*
+	 * Below the threads that answer the application: on a busy machine a
+	 * request must not wait for a CPU behind a 4 MiB seal (zstd, SHA-256:
+	 * milliseconds). The sealer still gets its share; when it falls behind,
+	 * its level drops and then completions wait for it (seal_backpressure).
+	 */
+	errno = 0;
+	prio = getpriority(PRIO_PROCESS, (id_t)gettid());
+	if (errno || setpriority(PRIO_PROCESS, (id_t)gettid(), CDP_MIN(prio + SEAL_NICE, 19)))
+		cdp_log_debug("splitter", "splitter: seal thread: setpriority: %s", strerror(errno));
 	for (;;) {
 		struct seal_item *it;
 		unsigned backlog;
