@@ -618,6 +618,7 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 		}
 		s_nrec = s->nrecords;
 		s_last = s->last_seq;
+		sg.sent_ns = cdp_clock_wall_ns(cdp_clock_real());	/* journald's skew check */
 		hl = cdp_capture_up_segment_head(&sg, s->len, head);
 		/* Each attempt hands gRPC a reference of its own (released whatever
 		 * the send returns); ours, from cdp_cache_next(), goes after the loop,

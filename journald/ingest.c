@@ -422,8 +422,18 @@ static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__Cap
 		stream_fail(s, &err);
 		return;
 	}
+	/*
+	 * Skew: the agent's clock when it sent this, against ours on receipt
+	 * (transit time included, so an agent reads a little ahead). Not the
+	 * segment's own times: a segment resent from the cache after a link
+	 * cut is old, not skewed. Without a send time only an agent ahead of
+	 * us is certain.
+	 */
 	now = cdp_clock_wall_ns(d->clock);
-	skew = now - seg->h.t_last;
+	if (sg->sent_ns)
+		skew = sg->sent_ns - now;
+	else
+		skew = seg->h.t_last > now ? seg->h.t_last - now : 0;
 	max_skew = __atomic_load_n(&d->cfg.max_clock_skew, __ATOMIC_RELAXED);
 	if ((skew > max_skew || -skew > max_skew) &&
 	    cdp_ratelimit_ok(&s->skew_rl, cdp_clock_mono_ns(d->clock))) {
@@ -433,7 +443,7 @@ static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__Cap
 
 		snprintf(text, sizeof(text), "plan %s: agent clock %+" PRId64 " ms from the journal "
 			 "server's (max_clock_skew %" PRId64 " ms)", s->plan_name,
-			 -skew / CDP_NS_PER_MS, max_skew / CDP_NS_PER_MS);
+			 skew / CDP_NS_PER_MS, max_skew / CDP_NS_PER_MS);
 		cdp_log_warn("ingest: %s", text);
 		n.kind = CDP__V1__NOTICE__KIND__KIND_CLOCK_SKEW;
 		n.text = text;

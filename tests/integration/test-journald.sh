@@ -79,6 +79,16 @@ protoc -I"$CDP_SRC/proto" --python_out="$T/py" "$CDP_SRC"/proto/cdp/v1/*.proto |
 /usr/bin/python3 "$CDP_SRC/tests/integration/grpc_interop.py" "$T/py" "127.0.0.1:$PORT" db01 ||
 	die "the python gRPC client failed"
 
+# Clock skew: judged by when the agent says it sent each segment, not by the
+# segments' own times (the test writer's are synthetic, as a cache's resend
+# after a long link cut would be old): none above, one notice (KIND 2) when
+# the agent's clock is 10 minutes ahead of the server's.
+grep -q "^notice" "$T/send1.out" && die "a notice for an agent with the right clock: $(grep "^notice" "$T/send1.out")"
+"$CLIENT" --clock-offset 600000 "unix:$SOCK" db01 agent-db01 send 22 >"$T/skew.out" ||
+	die "send with a skewed clock: $(tail -n 3 "$T/skew.out")"
+grep -Eq "^notice 2 plan db01: agent clock \+(59|60)[0-9]{4} ms" "$T/skew.out" ||
+	die "no clock-skew notice: $(grep -c . "$T/skew.out") lines, $(grep "^notice" "$T/skew.out")"
+
 # SIGHUP rereads the config and applies what applies at run time.
 kill -HUP "$(cat "$T/jd.pid")"
 wait_for 10 grep -q "reload: limits.max_clock_skew and limits.ingest_queue applied" \

@@ -19,6 +19,8 @@
  * garbage, past-end.
  *
  * TLS opts: --tls-ca F --tls-cert F --tls-key F.
+ * --clock-offset MS: each segment says it was sent at now + MS (the agent's
+ *   clock that far off; default 0). Notices are printed as "notice KIND TEXT".
  */
 #include "tests/unit/jtest.h"
 
@@ -32,6 +34,7 @@
 #define T_WAIT (30 * CDP_NS_PER_SEC)
 
 static struct cdp_rpc_stream *st;
+static int64_t clock_offset_ns;
 static struct cdp_buf in = CDP_BUF_INIT;
 
 static void die(const char *what, const struct cdp_err *err)
@@ -92,6 +95,7 @@ static void send_segment(const struct cdp_buf *seg)
 
 	s.data.data = seg->data;
 	s.data.len = seg->len;
+	s.sent_ns = cdp_clock_wall_ns(cdp_clock_real()) + clock_offset_ns;
 	up.msg_case = CDP__V1__CAPTURE_UP__MSG_SEGMENT;
 	up.segment = &s;
 	send_up(&up);
@@ -175,6 +179,9 @@ static void *read_acks(void *arg)
 			acked = d->ack->durable_seq;
 			printf("ack %" PRIu64 "\n", acked);	/* a crash test keeps the highest */
 			fflush(stdout);
+		} else if (d->msg_case == CDP__V1__CAPTURE_DOWN__MSG_NOTICE) {
+			printf("notice %d %s\n", (int)d->notice->kind, d->notice->text);
+			fflush(stdout);
 		}
 		cdp__v1__capture_down__free_unpacked(d, NULL);
 	}
@@ -190,6 +197,7 @@ int main(int argc, char **argv)
 		{ "tls-ca", required_argument, NULL, 'a' },
 		{ "tls-cert", required_argument, NULL, 'c' },
 		{ "tls-key", required_argument, NULL, 'k' },
+		{ "clock-offset", required_argument, NULL, 'o' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct cdp_rpc_channel_opts co = { 0 };
@@ -207,6 +215,7 @@ int main(int argc, char **argv)
 		case 'a': co.tls_ca = optarg; break;
 		case 'c': co.tls_cert = optarg; break;
 		case 'k': co.tls_key = optarg; break;
+		case 'o': clock_offset_ns = strtoll(optarg, NULL, 10) * CDP_NS_PER_MS; break;
 		default: return 2;
 		}
 	}

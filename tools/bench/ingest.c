@@ -352,6 +352,7 @@ static void *send_main(void *arg)
 		pthread_mutex_unlock(&s->mu);
 		if (stop)
 			break;
+		sg.sent_ns = cdp_clock_wall_ns(cdp_clock_real());	/* as the agent does */
 		len = cdp_capture_up_segment_head(&sg, s->segs[i].len, head);
 		atomic_fetch_add(&bodies_out, 1);
 		s->rc = cdp_rpc_stream_send_parts(s->st, head, len, s->segs[i].p, s->segs[i].len,
