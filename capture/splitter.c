@@ -413,6 +413,9 @@ static void answer(struct cdp_splitter *sp, struct op *op, int rc)
 /* Holds a completion while the seal thread is SEAL_BACKLOG_MAX segments behind. */
 static void seal_backpressure(struct cdp_splitter *sp)
 {
+	/* Written under seal_mu; a stale read only means one more lock below. */
+	if (__atomic_load_n(&sp->seal_backlog, __ATOMIC_RELAXED) < SEAL_BACKLOG_MAX)
+		return;
 	pthread_mutex_lock(&sp->seal_mu);
 	while (sp->seal_backlog >= SEAL_BACKLOG_MAX && !sp->seal_stop)
 		pthread_cond_wait(&sp->seal_cond, &sp->seal_mu);
@@ -625,7 +628,7 @@ static void seal_push(struct cdp_splitter *sp, struct seal_item *it)
 	else
 		sp->seal_head = it;
 	sp->seal_tail = it;
-	sp->seal_backlog++;
+	__atomic_store_n(&sp->seal_backlog, sp->seal_backlog + 1, __ATOMIC_RELAXED);
 	pthread_cond_broadcast(&sp->seal_cond);
 	pthread_mutex_unlock(&sp->seal_mu);
 }
@@ -772,7 +775,7 @@ static void *seal_main(void *arg)
 		pthread_mutex_unlock(&sp->mu);
 		free(it);
 		pthread_mutex_lock(&sp->seal_mu);
-		sp->seal_backlog--;
+		__atomic_store_n(&sp->seal_backlog, sp->seal_backlog - 1, __ATOMIC_RELAXED);
 		sp->seal_busy = false;
 		pthread_cond_broadcast(&sp->seal_cond);
 		pthread_mutex_unlock(&sp->seal_mu);
