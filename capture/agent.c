@@ -723,11 +723,9 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	a->cache = cdp_cache_new(a->cfg.cache_size);
 	/* The splitter opens the volumes; the bitmap needs their sizes first. */
 	for (unsigned i = 0; i < a->nvol; i++) {
-		struct stat st;
-
-		if (stat(a->paths[i], &st))
-			return cdp_err_sys(err, -errno, "volume%u.path: %s", i, a->paths[i]);
-		a->sizes[i] = (uint64_t)st.st_size;
+		rc = cdp_splitter_source_size(a->paths[i], &a->sizes[i], err);
+		if (rc)
+			return cdp_err_prefix(err, "volume%u.path", i);
 	}
 	ao.nvolumes = a->nvol;
 	ao.extent_shift = (unsigned)__builtin_ctzll(a->cfg.extent_size);
@@ -757,11 +755,13 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	rc = cdp_splitter_open(&so, &a->sp, err);
 	if (rc)
 		return rc;
+	/* A source that changed size in between would not match the bitmap. */
 	for (unsigned i = 0; i < a->nvol; i++)
 		if (cdp_splitter_volume_size(a->sp, i) != a->sizes[i])
-			return cdp_err_set(err, -EINVAL, "volume%u.path: %s is a block device; "
-					   "only files are supported in this version", i,
-					   a->paths[i]);
+			return cdp_err_set(err, -EINVAL, "volume%u.path: %s changed size while "
+					   "opening: %" PRIu64 " then %" PRIu64 " bytes", i,
+					   a->paths[i], a->sizes[i],
+					   cdp_splitter_volume_size(a->sp, i));
 
 	/* An unclean stop: the extents that may hold unjournaled writes are dirty. */
 	rec = cdp_xcalloc((size_t)a->cfg.max_active + 1, sizeof(*rec));
