@@ -3,10 +3,17 @@
 # synced at a capped rate; cdp-agent is killed with SIGKILL half way; after
 # the restart the full sync resumes from the checkpoint the journal holds
 # (not from offset 0), sends less than the volume again, and the newest
-# point restores to the source byte for byte. On the way: SIGHUP lifts the
-# sync rate cap at run time, and the agent logs its RSS and CPU per GB.
+# point restores to the source byte for byte. A libnbd client writes at
+# queue depth 8 when the agent is killed (capture_check.py crash): every
+# write in flight fails (an error within 10 s, no success, no hang), and
+# every write it saw acknowledged is in that newest point. On the way:
+# SIGHUP lifts the sync rate cap at run time, and the agent logs its RSS and
+# CPU per GB.
 source "$(dirname "$0")/agent-lib.sh"
 requires cmp
+/usr/bin/python3 -c "import nbd" 2>/dev/null || skip "requires python3-libnbd"
+
+CHECK=$CDP_SRC/tests/integration/capture_check.py
 
 SOCK=$T/j.sock
 SRC=$T/vol0.img
@@ -42,11 +49,19 @@ ctl plan create "$T/db01.plan" >/dev/null || die "plan create"
 start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf"
 wait_for 30 grep -q "full sync starts (volume 0, offset 0)" "$T/cdp-agent.log" ||
 	die "the full sync did not start"
-# A third of the volume is durable in the journal: kill the agent mid-sync.
+# A third of the volume is durable in the journal: kill the agent mid-sync,
+# with a client's writes in flight (in the first 4 MiB: one activity log
+# extent to resync on top of the rest of the full sync).
 wait_for 30 past_a_third || die "the full sync made no progress"
+/usr/bin/python3 "$CHECK" crash "$T/crash.log" 8 8192 10 "$T/ready" \
+	"nbd+unix:///?socket=$T/vol0.nbd" >"$T/crash.out" 2>&1 &
+cpid=$!
+wait_for 30 test -e "$T/ready" || die "the crash client got no acks: $(cat "$T/crash.out")"
 grep -q "sync done" "$T/cdp-agent.log" && die "the full sync ended before the kill"
 kill -KILL "$(cat "$T/agent.pid")"
 wait "$(cat "$T/agent.pid")" 2>/dev/null || true
+wait "$cpid" || die "the client, when the agent died: $(cat "$T/crash.out")"
+echo "$(cat "$T/crash.out") (client, agent SIGKILL during the full sync)"
 
 start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf"
 wait_for 30 grep -q "full sync starts (volume 0, offset [1-9]" "$T/cdp-agent.log" ||
@@ -64,4 +79,6 @@ sent=$(grep -A100000 "offset [1-9]" "$T/cdp-agent.log" | sed -n 's/.*sync done: 
 [ "$sent" -lt "$SIZE" ] || die "the resumed sync sent $sent bytes: the whole volume again"
 echo "ok: resumed at offset $offset, sent $sent of $SIZE bytes"
 check_restore "the newest point equals the source"
+/usr/bin/python3 "$CHECK" acked "$T/crash.log" "$T/out/vol0.img" ||
+	die "an acknowledged write is missing after the crash"
 echo "PASS"
