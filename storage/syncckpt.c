@@ -33,12 +33,39 @@ int cdp_syncckpt_write(const char *path, const struct cdp_syncckpt *ck, const st
 	return cdp_io_write_whole(io ? io : cdp_io_real(), path, b, sizeof(b), sizeof(b), err);
 }
 
+int cdp_syncckpt_decode(const uint8_t *b, size_t n, const char *name, struct cdp_syncckpt *ck,
+			struct cdp_err *err)
+{
+	if (n != CDP_SYNCCKPT_LEN)
+		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: %s%zu bytes, expected %d",
+				   name, n > CDP_SYNCCKPT_LEN ? "more than " : "",
+				   n > CDP_SYNCCKPT_LEN ? (size_t)CDP_SYNCCKPT_LEN : n,
+				   CDP_SYNCCKPT_LEN);
+	if (memcmp(b, MAGIC, 8))
+		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: bad magic", name);
+	if (cdp_get_le32(b + CRC_AT) != cdp_crc32c(0, b, CRC_AT))
+		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: CRC 0x%08" PRIx32 ", "
+				   "expected 0x%08" PRIx32, name, cdp_get_le32(b + CRC_AT),
+				   cdp_crc32c(0, b, CRC_AT));
+	if (cdp_get_le32(b + 8) != VERSION)
+		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: version %" PRIu32
+				   ", expected %u", name, cdp_get_le32(b + 8), VERSION);
+	if (cdp_get_le32(b + 28))
+		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: reserved bytes 28..31 "
+				   "not zero", name);
+	ck->kind = cdp_get_le32(b + 12);
+	ck->sync_id = cdp_get_le64(b + 16);
+	ck->volume = cdp_get_le32(b + 24);
+	ck->offset = cdp_get_le64(b + 32);
+	return 0;
+}
+
 int cdp_syncckpt_read(const char *path, struct cdp_syncckpt *ck, const struct cdp_io *io,
 		      struct cdp_err *err)
 {
 	uint8_t b[CDP_SYNCCKPT_LEN + 1];
 	long n;
-	int fd;
+	int fd, rc;
 
 	if (!io)
 		io = cdp_io_real();
@@ -51,28 +78,8 @@ int cdp_syncckpt_read(const char *path, struct cdp_syncckpt *ck, const struct cd
 	io->close(io->ctx, fd);
 	if (n < 0)
 		return cdp_err_sys(err, (int)n, "sync checkpoint %s: read", path);
-	if (n != CDP_SYNCCKPT_LEN)
-		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: %s%ld bytes, expected %d",
-				   path, n > CDP_SYNCCKPT_LEN ? "more than " : "",
-				   n > CDP_SYNCCKPT_LEN ? (long)CDP_SYNCCKPT_LEN : n,
-				   CDP_SYNCCKPT_LEN);
-	if (memcmp(b, MAGIC, 8))
-		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: bad magic", path);
-	if (cdp_get_le32(b + CRC_AT) != cdp_crc32c(0, b, CRC_AT))
-		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: CRC 0x%08" PRIx32 ", "
-				   "expected 0x%08" PRIx32, path, cdp_get_le32(b + CRC_AT),
-				   cdp_crc32c(0, b, CRC_AT));
-	if (cdp_get_le32(b + 8) != VERSION)
-		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: version %" PRIu32
-				   ", expected %u", path, cdp_get_le32(b + 8), VERSION);
-	if (cdp_get_le32(b + 28))
-		return cdp_err_set(err, -EBADMSG, "sync checkpoint %s: reserved bytes 28..31 "
-				   "not zero", path);
-	ck->kind = cdp_get_le32(b + 12);
-	ck->sync_id = cdp_get_le64(b + 16);
-	ck->volume = cdp_get_le32(b + 24);
-	ck->offset = cdp_get_le64(b + 32);
-	return 1;
+	rc = cdp_syncckpt_decode(b, (size_t)n, path, ck, err);
+	return rc ? rc : 1;
 }
 
 bool cdp_syncckpt_before(const struct cdp_syncckpt *a, const struct cdp_syncckpt *b)

@@ -21,6 +21,7 @@
 #define CDP_STORAGE_SYNCCKPT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/err.h"
@@ -47,6 +48,13 @@ int cdp_syncckpt_write(const char *path, const struct cdp_syncckpt *ck, const st
  */
 int cdp_syncckpt_read(const char *path, struct cdp_syncckpt *ck, const struct cdp_io *io,
 		      struct cdp_err *err);
+
+/*
+ * Decodes the @n bytes of a checkpoint file: 0 with *@ck filled, or
+ * -EBADMSG with @err one line naming @name (the file) and what failed.
+ */
+int cdp_syncckpt_decode(const uint8_t *b, size_t n, const char *name, struct cdp_syncckpt *ck,
+			struct cdp_err *err);
 
 /* Whether @a is before @b in sync order (volume, then offset). */
 bool cdp_syncckpt_before(const struct cdp_syncckpt *a, const struct cdp_syncckpt *b);
