@@ -21,6 +21,13 @@
  * journal holds nothing of the plan or its full sync is unfinished (resuming
  * from the journal's checkpoint), else a resync of the dirty blocks, and
  * continuous capture from then on.
+ *
+ * The full-sync checkpoint: the journal's copy (on segments, back in the
+ * welcome) decides where a sync resumes. A local copy (storage/syncckpt,
+ * state_dir/sync-checkpoint) follows the newest checkpoint the journal
+ * acknowledged, written by the tick thread at most every SYNC_CKPT_INTERVAL;
+ * it is read at start and weighed against the first welcome's, to say when
+ * the journal lost acknowledged blocks or no longer knows the sync.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -49,8 +56,17 @@
 #include "proto/wire.h"
 #include "storage/actlog.h"
 #include "storage/dirtymap.h"
+#include "storage/syncckpt.h"
 
 #define MAX_VOLUMES 4
+/*
+ * The local copy of the full-sync checkpoint is rewritten at most this
+ * often (and at once when a sync starts or finishes): the agent resumes from
+ * the journal's copy, the local one only cross-checks it, so a second of lag
+ * costs nothing, while each write is two fsyncs and a rename that a fast
+ * sync should not pay per 4 MiB segment.
+ */
+#define SYNC_CKPT_INTERVAL CDP_NS_PER_SEC
 #define CAPTURE_METHOD "/cdp.v1.Capture/Stream"
 
 struct agent_conf {
@@ -160,6 +176,14 @@ struct agent {
 	_Atomic bool stop;
 	_Atomic uint64_t sync_rate;	/* bytes/s: sync.rate, the journal's Throttle, SIGHUP */
 	uint64_t captured_base;		/* write bytes at the last stats line */
+	/* The local sync checkpoint: what the file held at start (read by the
+	 * first welcome), and what was written last (tick thread only). */
+	char ckpt_path[4096];
+	bool have_local;
+	struct cdp_syncckpt local;
+	bool have_ckpt_file, ckpt_failing;
+	struct cdp_syncckpt ckpt_file;
+	int64_t ckpt_written_at;	/* mono ns */
 	int64_t stats_at;		/* mono ns of the next stats line */
 	/* Capture went incremental while the link was up: segments the journal
 	 * may never get were dropped, so the stream restarts and the next welcome
@@ -233,6 +257,38 @@ static void log_stats(struct agent *a)
 		     (double)rss_kib / 1024, cpu, gb > 0 ? ", " : " (", gb > 0 ? cpu / gb : 0.0);
 }
 
+/*
+ * Writes the journal's newest acknowledged full-sync checkpoint to the local
+ * file when cdp_syncckpt_due() says so (@interval 0: whenever it changed).
+ * Tick thread, or agent_stop() once it is joined.
+ */
+static void ckpt_step(struct agent *a, int64_t now, int64_t interval)
+{
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_syncckpt ck;
+
+	if (!cdp_cache_acked_ckpt(a->cache, &ck) ||
+	    !cdp_syncckpt_due(&ck, a->have_ckpt_file ? &a->ckpt_file : NULL, a->ckpt_written_at,
+			      now, interval, a->nvol))
+		return;
+	a->ckpt_written_at = now;
+	if (cdp_syncckpt_write(a->ckpt_path, &ck, NULL, &err)) {
+		if (!a->ckpt_failing)	/* once until a write succeeds again */
+			cdp_log_warn("agent: %s", err.msg);
+		a->ckpt_failing = true;
+		return;
+	}
+	a->ckpt_failing = false;
+	a->ckpt_file = ck;
+	a->have_ckpt_file = true;
+	if (ck.volume >= a->nvol)
+		cdp_log_info("agent: full sync %" PRIu64 " acknowledged to its end; local checkpoint "
+			     "marked done", ck.sync_id);
+	else
+		cdp_log_debug("agent", "local sync checkpoint: full sync %" PRIu64 " at volume %"
+			      PRIu32 ", offset %" PRIu64, ck.sync_id, ck.volume, ck.offset);
+}
+
 static void *tick_main(void *arg)
 {
 	struct agent *a = arg;
@@ -243,6 +299,7 @@ static void *tick_main(void *arg)
 		bool go_incr = false;
 
 		cdp_splitter_tick(a->sp);
+		ckpt_step(a, now, SYNC_CKPT_INTERVAL);
 		if (a->cfg.stats_interval && now >= a->stats_at) {
 			if (a->stats_at)
 				log_stats(a);
@@ -368,6 +425,49 @@ static void want_sync_locked(struct agent *a, uint32_t kind, unsigned volume, ui
 	pthread_cond_broadcast(&a->cond);
 }
 
+/*
+ * The first welcome against the local sync checkpoint read at start. The
+ * journal is the authority (only blocks it acknowledged count): the agent
+ * always follows its checkpoint; this only says when the two disagree.
+ */
+static void reconcile_ckpt(struct agent *a, const Cdp__V1__CaptureWelcome *w)
+{
+	const struct cdp_syncckpt *l = &a->local;
+	struct cdp_syncckpt j = { 0 };
+	bool jhas = w->has_checkpoint && w->checkpoint;
+
+	if (jhas)
+		j = (struct cdp_syncckpt){ .sync_id = w->checkpoint->sync_id,
+					   .kind = w->checkpoint->kind,
+					   .volume = w->checkpoint->volume,
+					   .offset = w->checkpoint->offset };
+	switch (cdp_syncckpt_compare(a->have_local ? l : NULL, jhas ? &j : NULL, a->nvol)) {
+	case CDP_SYNCCKPT_JOURNAL_BEHIND:
+		cdp_log_warn("agent: full sync %" PRIu64 ": the journal server's checkpoint "
+			     "(volume %" PRIu32 ", offset %" PRIu64 ") is behind the local one "
+			     "(volume %" PRIu32 ", offset %" PRIu64 "): the journal lost data it "
+			     "had acknowledged; resuming from the journal's", l->sync_id, j.volume,
+			     j.offset, l->volume, l->offset);
+		break;
+	case CDP_SYNCCKPT_RESUME:
+		cdp_log_info("agent: full sync %" PRIu64 ": resuming from the journal server's "
+			     "checkpoint (volume %" PRIu32 ", offset %" PRIu64 "; local copy: "
+			     "volume %" PRIu32 ", offset %" PRIu64 ")", l->sync_id, j.volume,
+			     j.offset, l->volume, l->offset);
+		break;
+	case CDP_SYNCCKPT_JOURNAL_OTHER:
+	case CDP_SYNCCKPT_JOURNAL_NONE:
+		cdp_log_info("agent: the local checkpoint has full sync %" PRIu64 " unfinished "
+			     "(volume %" PRIu32 ", offset %" PRIu64 ") but the journal server %s; "
+			     "following the journal", l->sync_id, l->volume, l->offset,
+			     jhas && j.kind == CDP_SYNC_FULL ? "is at another full sync" :
+			     "has no full sync in progress (was the plan recreated?)");
+		break;
+	case CDP_SYNCCKPT_QUIET:
+		break;
+	}
+}
+
 /* What the journal's welcome means for capture: resend, continue, sync. */
 static void on_welcome(struct agent *a, const Cdp__V1__CaptureWelcome *w)
 {
@@ -402,6 +502,8 @@ static void on_welcome(struct agent *a, const Cdp__V1__CaptureWelcome *w)
 	pthread_mutex_lock(&a->mu);
 	a->resume_pos = after;
 	pthread_mutex_unlock(&a->mu);
+	if (first)
+		reconcile_ckpt(a, w);
 	/* A finished full sync leaves its checkpoint past the last volume. */
 	full_unfinished = w->has_checkpoint && w->checkpoint &&
 			  w->checkpoint->kind == CDP_SYNC_FULL && w->checkpoint->volume < a->nvol;
@@ -720,15 +822,32 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 		return cdp_err_set(err, -EINVAL, "agent.plan: required");
 	if (mkdir(a->cfg.state_dir, 0700) && errno != EEXIST)
 		return cdp_err_sys(err, -errno, "agent.state_dir: mkdir %s", a->cfg.state_dir);
+	/* The local sync checkpoint: logged now, weighed against the first welcome. */
+	snprintf(a->ckpt_path, sizeof(a->ckpt_path), "%s/sync-checkpoint", a->cfg.state_dir);
+	{
+		struct cdp_err e2 = CDP_ERR_INIT;
+
+		rc = cdp_syncckpt_read(a->ckpt_path, &a->local, NULL, &e2);
+		if (rc < 0)
+			cdp_log_warn("agent: %s; ignored", e2.msg);
+		a->have_local = rc == 1;
+		if (a->have_local && a->local.volume < a->nvol)
+			cdp_log_info("agent: local sync checkpoint: full sync %" PRIu64 " at volume %"
+				     PRIu32 ", offset %" PRIu64, a->local.sync_id, a->local.volume,
+				     a->local.offset);
+		else if (a->have_local)
+			cdp_log_info("agent: local sync checkpoint: full sync %" PRIu64 " done",
+				     a->local.sync_id);
+		a->have_ckpt_file = a->have_local;
+		a->ckpt_file = a->local;
+	}
 
 	a->cache = cdp_cache_new(a->cfg.cache_size);
 	/* The splitter opens the volumes; the bitmap needs their sizes first. */
 	for (unsigned i = 0; i < a->nvol; i++) {
-		struct stat st;
-
-		if (stat(a->paths[i], &st))
-			return cdp_err_sys(err, -errno, "volume%u.path: %s", i, a->paths[i]);
-		a->sizes[i] = (uint64_t)st.st_size;
+		rc = cdp_splitter_source_size(a->paths[i], &a->sizes[i], err);
+		if (rc)
+			return cdp_err_prefix(err, "volume%u.path", i);
 	}
 	ao.nvolumes = a->nvol;
 	ao.extent_shift = (unsigned)__builtin_ctzll(a->cfg.extent_size);
@@ -758,11 +877,13 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	rc = cdp_splitter_open(&so, &a->sp, err);
 	if (rc)
 		return rc;
+	/* A source that changed size in between would not match the bitmap. */
 	for (unsigned i = 0; i < a->nvol; i++)
 		if (cdp_splitter_volume_size(a->sp, i) != a->sizes[i])
-			return cdp_err_set(err, -EINVAL, "volume%u.path: %s is a block device; "
-					   "only files are supported in this version", i,
-					   a->paths[i]);
+			return cdp_err_set(err, -EINVAL, "volume%u.path: %s changed size while "
+					   "opening: %" PRIu64 " then %" PRIu64 " bytes", i,
+					   a->paths[i], a->sizes[i],
+					   cdp_splitter_volume_size(a->sp, i));
 
 	/* An unclean stop: the extents that may hold unjournaled writes are dirty. */
 	rec = cdp_xcalloc((size_t)a->cfg.max_active + 1, sizeof(*rec));
@@ -841,6 +962,8 @@ static void agent_stop(struct agent *a)
 		pthread_join(a->sync, NULL);
 	if (a->link)
 		pthread_join(a->link, NULL);
+	if (a->cache)
+		ckpt_step(a, mono(), 0);
 	/* Everything unacknowledged is in the persisted bitmap now: the activity
 	 * log can be emptied, so a clean restart resyncs only those blocks. */
 	if (a->sp && cdp_splitter_go_incremental(a->sp, "stopping", &err))

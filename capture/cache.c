@@ -22,6 +22,8 @@ struct cdp_cache {
 	uint64_t wakes;
 	uint64_t pushed, refused;
 	uint8_t base[32];	/* digest the head follows */
+	bool has_acked_ckpt;
+	struct cdp_syncckpt acked_ckpt;	/* of the newest acked entry with one */
 };
 
 struct cdp_cache *cdp_cache_new(uint64_t max_bytes)
@@ -191,6 +193,13 @@ uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq, const uint8_t 
 		if (!c->head)
 			c->tail = NULL;
 		wid = CDP_MAX(wid, s->max_wid);
+		if (s->has_ckpt) {
+			c->has_acked_ckpt = true;
+			c->acked_ckpt = (struct cdp_syncckpt){ .sync_id = s->ckpt_sync_id,
+							       .kind = s->ckpt_kind,
+							       .volume = s->ckpt_volume,
+							       .offset = s->ckpt_offset };
+		}
 		drop_locked(c, s);
 		if (last)
 			break;
@@ -199,6 +208,18 @@ uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq, const uint8_t 
 		pthread_cond_broadcast(&c->cond);	/* room for a waiting sync */
 	pthread_mutex_unlock(&c->mu);
 	return wid;
+}
+
+bool cdp_cache_acked_ckpt(struct cdp_cache *c, struct cdp_syncckpt *out)
+{
+	bool has;
+
+	pthread_mutex_lock(&c->mu);
+	has = c->has_acked_ckpt;
+	if (has)
+		*out = c->acked_ckpt;
+	pthread_mutex_unlock(&c->mu);
+	return has;
 }
 
 void cdp_cache_set_base(struct cdp_cache *c, const uint8_t digest[32])

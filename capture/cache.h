@@ -25,6 +25,7 @@
 #include <stdatomic.h>
 
 #include "common/clock.h"
+#include "storage/syncckpt.h"
 
 struct cdp_cache;
 
@@ -84,6 +85,14 @@ void cdp_cache_wake(struct cdp_cache *c);
  * if none).
  */
 uint64_t cdp_cache_ack(struct cdp_cache *c, uint64_t durable_seq, const uint8_t *digest);
+
+/*
+ * The full-sync checkpoint of the newest entry cdp_cache_ack() dropped that
+ * carried one (the journal has every block before it): true with *@out
+ * filled, false while none was acknowledged. Entries dropped otherwise
+ * (cdp_cache_drop_all()) never count.
+ */
+bool cdp_cache_acked_ckpt(struct cdp_cache *c, struct cdp_syncckpt *out);
 
 /* The chain digest the oldest entry follows (its predecessor's, once dropped). */
 void cdp_cache_set_base(struct cdp_cache *c, const uint8_t digest[32]);

@@ -348,22 +348,24 @@ static int source_write(struct vol *v, const struct cdp_io_req *req)
 	return 0;
 }
 
+/*
+ * ZERO and TRIM leave zeros on the source, as the journal restores them. On
+ * a block device too fallocate() is the call: PUNCH_HOLE there zeroes (with
+ * unmap where the device guarantees zeros after it, else it fails) and
+ * ZERO_RANGE is BLKZEROOUT; BLKDISCARD would not guarantee that reads give
+ * zeros afterwards.
+ */
 static int source_zero(struct vol *v, const struct cdp_io_req *req, bool trim)
 {
-	int mode = trim ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE;
+	static const int punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+	int mode = trim ? punch : FALLOC_FL_ZERO_RANGE;
 	static const uint8_t zeros[65536];
 
-	if (v->blockdev) {
-		uint64_t range[2] = { req->offset, req->length };
-
-		if (ioctl(v->fd, trim ? BLKDISCARD : BLKZEROOUT, range) == 0)
-			return 0;
-	} else if (fallocate(v->fd, mode, (off_t)req->offset, (off_t)req->length) == 0) {
+	if (fallocate(v->fd, mode, (off_t)req->offset, (off_t)req->length) == 0)
 		return 0;
-	} else if (!trim && fallocate(v->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				      (off_t)req->offset, (off_t)req->length) == 0) {
+	if (fallocate(v->fd, trim ? FALLOC_FL_ZERO_RANGE : punch, (off_t)req->offset,
+		      (off_t)req->length) == 0)
 		return 0;
-	}
 	/* No support: write zeros (also for TRIM, so reads give zeros as recorded). */
 	for (uint64_t off = 0; off < req->length;) {
 		size_t n = CDP_MIN(sizeof(zeros), req->length - off);
@@ -1260,9 +1262,42 @@ uint64_t cdp_splitter_volume_size(struct cdp_splitter *sp, unsigned volume)
 	return volume < sp->nvol ? sp->vols[volume].size : 0;
 }
 
-static int vol_open(struct cdp_splitter *sp, struct vol *v, unsigned i, struct cdp_err *err)
+/* @fd's size: BLKGETSIZE64 for a block device, st_size for a file. */
+static int fd_size(int fd, bool *blockdev, uint64_t *size)
 {
 	struct stat st;
+
+	if (fstat(fd, &st))
+		return -errno;
+	*blockdev = S_ISBLK(st.st_mode);
+	if (*blockdev)
+		return ioctl(fd, BLKGETSIZE64, size) ? -errno : 0;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	*size = (uint64_t)st.st_size;
+	return 0;
+}
+
+int cdp_splitter_source_size(const char *path, uint64_t *size, struct cdp_err *err)
+{
+	bool blockdev;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int rc;
+
+	if (fd < 0)
+		return cdp_err_sys(err, -errno, "open %s", path);
+	rc = fd_size(fd, &blockdev, size);
+	close(fd);
+	if (rc == -EINVAL)
+		return cdp_err_set(err, rc, "%s: not a regular file or block device", path);
+	if (rc)
+		return cdp_err_sys(err, rc, "size of %s", path);
+	return 0;
+}
+
+static int vol_open(struct cdp_splitter *sp, struct vol *v, unsigned i, struct cdp_err *err)
+{
+	int rc;
 
 	v->sp = sp;
 	v->id = i;
@@ -1270,16 +1305,12 @@ static int vol_open(struct cdp_splitter *sp, struct vol *v, unsigned i, struct c
 	v->fd = open(sp->o.paths[i], O_RDWR | O_CLOEXEC);
 	if (v->fd < 0)
 		return cdp_err_sys(err, -errno, "volume %s: open %s", v->name, sp->o.paths[i]);
-	if (fstat(v->fd, &st))
-		return cdp_err_sys(err, -errno, "volume %s: stat %s", v->name, sp->o.paths[i]);
-	v->blockdev = S_ISBLK(st.st_mode);
-	if (v->blockdev) {
-		if (ioctl(v->fd, BLKGETSIZE64, &v->size))
-			return cdp_err_sys(err, -errno, "volume %s: size of %s", v->name,
-					   sp->o.paths[i]);
-	} else {
-		v->size = (uint64_t)st.st_size;
-	}
+	rc = fd_size(v->fd, &v->blockdev, &v->size);
+	if (rc == -EINVAL)
+		return cdp_err_set(err, rc, "volume %s: %s is not a regular file or block device",
+				   v->name, sp->o.paths[i]);
+	if (rc)
+		return cdp_err_sys(err, rc, "volume %s: size of %s", v->name, sp->o.paths[i]);
 	if (!v->size || v->size % CDP_SECTOR)
 		return cdp_err_set(err, -EINVAL, "volume %s: size %" PRIu64 " of %s is not a "
 				   "positive multiple of %u", v->name, v->size, sp->o.paths[i],

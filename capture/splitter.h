@@ -76,6 +76,13 @@ int cdp_splitter_open(const struct cdp_splitter_opts *o, struct cdp_splitter **o
 /* Waits for in-flight I/O and the seal thread; seals nothing more. */
 void cdp_splitter_close(struct cdp_splitter *sp);
 
+/*
+ * The size of the source file or block device at @path (BLKGETSIZE64 for a
+ * block device), as cdp_splitter_open() will serve it: the agent sizes its
+ * dirty bitmap before the splitter opens.
+ */
+int cdp_splitter_source_size(const char *path, uint64_t *size, struct cdp_err *err);
+
 struct cdp_export *cdp_splitter_export(struct cdp_splitter *sp, unsigned volume);
 uint64_t cdp_splitter_volume_size(struct cdp_splitter *sp, unsigned volume);
 

@@ -531,8 +531,8 @@ static char *dir_of(const char *path)
 	return d;
 }
 
-static int create_whole(const struct cdp_io *io, const char *path, const void *hdr,
-			size_t hdr_len, uint64_t size, struct cdp_err *err)
+int cdp_io_write_whole(const struct cdp_io *io, const char *path, const void *hdr,
+		       size_t hdr_len, uint64_t size, struct cdp_err *err)
 {
 	size_t plen = strlen(path);
 	char *tmp = cdp_xmalloc(plen + 5), *dir = dir_of(path);
@@ -561,7 +561,7 @@ static int create_whole(const struct cdp_io *io, const char *path, const void *h
 	if (rc == 0)
 		rc = io->fsync_dir(io->ctx, dir);
 	if (rc < 0)
-		cdp_err_sys(err, rc, "creating %s", path);
+		cdp_err_sys(err, rc, "renaming %s to %s", tmp, path);
 out:
 	free(dir);
 	free(tmp);
@@ -574,7 +574,7 @@ int cdp_io_open_or_create(const struct cdp_io *io, const char *path, const void 
 	int rc = io->open(io->ctx, path, O_RDWR | O_CLOEXEC, 0);
 
 	if (rc == -ENOENT) {
-		rc = create_whole(io, path, hdr, hdr_len, size, err);
+		rc = cdp_io_write_whole(io, path, hdr, hdr_len, size, err);
 		if (rc < 0)
 			return rc;
 		rc = io->open(io->ctx, path, O_RDWR | O_CLOEXEC, 0);

@@ -107,6 +107,15 @@ struct cdp_err;
 int cdp_io_open_or_create(const struct cdp_io *io, const char *path, const void *hdr,
 			  size_t hdr_len, uint64_t size, struct cdp_err *err);
 
+/*
+ * Replaces @path whole or not at all (creating it when missing): @hdr at
+ * offset 0 of "@path.tmp", extended to @size, fdatasync, rename over @path,
+ * fsync of its directory. After a crash @path is the old file or the new
+ * one, never a mix. Returns 0, or -errno with @err naming the file.
+ */
+int cdp_io_write_whole(const struct cdp_io *io, const char *path, const void *hdr,
+		       size_t hdr_len, uint64_t size, struct cdp_err *err);
+
 /* ---- power-cut shim (tests) ----------------------------------------- */
 
 struct cdp_io_shim;
