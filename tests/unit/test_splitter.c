@@ -12,7 +12,10 @@
  *    verifies from the continue digest;
  *  - incremental mode: changes land in the bitmap, and a resync sends them
  *    back as RESYNC records between SYNC_BEGIN and SYNC_END;
- *  - the full sync turns holes and zero blocks into ZERO records.
+ *  - the full sync turns holes and zero blocks into ZERO records;
+ *  - with a spill file: segments past the memory bound decode from it in
+ *    chain order, and a spill write error sends the splitter to incremental
+ *    mode with every cached write (memory and spill) in the bitmap.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +35,7 @@
 
 #include "capture/splitter.h"
 #include "common/util.h"
+#include "storage/io.h"
 
 #define VOL_SIZE (8u << 20)
 #define WAIT_NS (30 * CDP_NS_PER_SEC)
@@ -43,6 +47,7 @@ struct seam {
 	bool held, release;
 	unsigned arrived;	/* writes that reached the seam */
 	uint64_t order[64];	/* their offsets, in arrival order */
+	bool went_incremental;	/* on_incremental: the fallback is complete */
 };
 
 struct fx {
@@ -54,7 +59,11 @@ struct fx {
 	struct cdp_cache *cache;
 	struct cdp_splitter *sp;
 	struct seam seam;
+	struct cdp_io_shim *shim;	/* the spill file's I/O (setup_spill) */
 };
+
+#define SPILL_MEM (100u << 10)	/* setup_spill: one 64 KiB write fits in memory, not two */
+static bool with_spill;
 
 struct done {
 	pthread_mutex_t mu;
@@ -116,6 +125,21 @@ static void seam_hook(void *arg, unsigned volume, const struct cdp_io_req *req)
 	pthread_mutex_unlock(&s->mu);
 }
 
+static void seam_incremental(void *arg, const char *why)
+{
+	struct seam *s = arg;
+
+	pthread_mutex_lock(&s->mu);
+	s->went_incremental = true;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static bool went_incremental(void *arg)
+{
+	return ((struct seam *)arg)->went_incremental;
+}
+
 static int setup(void **state)
 {
 	struct fx *f = cdp_xcalloc(1, sizeof(*f));
@@ -149,7 +173,15 @@ static int setup(void **state)
 	mo.granularity = 4096;
 	snprintf(p, sizeof(p), "%s/bitmap", f->dir);
 	assert_int_equal(cdp_dirtymap_open(p, &mo, &f->dm, &err), 0);
-	f->cache = cdp_cache_new(64u << 20);
+	if (with_spill) {
+		f->shim = cdp_io_shim_new(1);
+		f->cache = cdp_cache_new(SPILL_MEM);
+		snprintf(p, sizeof(p), "%s/spill", f->dir);
+		assert_int_equal(cdp_cache_spill_open(f->cache, p, 1 << 20,
+						      cdp_io_shim_ops(f->shim), &err), 0);
+	} else {
+		f->cache = cdp_cache_new(64u << 20);
+	}
 	so.nvolumes = 2;
 	so.names = names;
 	so.paths = paths;
@@ -160,6 +192,7 @@ static int setup(void **state)
 	so.dm = f->dm;
 	so.cache = f->cache;
 	so.before_source_write = seam_hook;
+	so.on_incremental = seam_incremental;
 	so.arg = &f->seam;
 	assert_int_equal(cdp_splitter_open(&so, &f->sp, &err), 0);
 	dn.n = 0;
@@ -174,6 +207,8 @@ static int teardown(void **state)
 
 	cdp_splitter_close(f->sp);
 	cdp_cache_free(f->cache);
+	if (f->shim)
+		cdp_io_shim_free(f->shim);
 	cdp_dirtymap_close(f->dm);
 	cdp_actlog_close(f->al);
 	pthread_mutex_destroy(&f->seam.mu);
@@ -182,6 +217,16 @@ static int teardown(void **state)
 	assert_int_equal(system(cmd), 0);
 	free(f);
 	return 0;
+}
+
+static int setup_spill(void **state)
+{
+	int rc;
+
+	with_spill = true;
+	rc = setup(state);
+	with_spill = false;
+	return rc;
 }
 
 static void start_capture(struct fx *f)
@@ -451,6 +496,91 @@ static void test_full_sync_skips_holes_and_zeros(void **state)
 	assert_int_equal(st.resync_bytes + st.resync_zero_bytes, 2ull * VOL_SIZE);
 }
 
+/* Bytes zstd cannot shrink: block @i's. */
+static void noise(uint8_t *p, size_t len, uint64_t i)
+{
+	uint64_t x = i * 0x9E3779B97F4A7C15ull + 1;
+
+	for (size_t k = 0; k < len; k++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[k] = (uint8_t)x;
+	}
+}
+
+struct payloads {
+	unsigned n;
+	uint64_t off[8];
+	bool same[8];
+};
+
+static void check_payload(void *arg, const struct cdp_record *r, uint32_t seg_flags)
+{
+	struct payloads *p = arg;
+	uint8_t want[65536];
+
+	if (!r || r->kind != CDP_REC_WRITE || p->n == 8)
+		return;
+	noise(want, sizeof(want), r->offset >> 16);
+	p->off[p->n] = r->offset;
+	p->same[p->n] = r->length == sizeof(want) && !memcmp(r->payload, want, sizeof(want));
+	p->n++;
+}
+
+static void test_spill_file_then_its_write_error(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t blk[4][65536];
+	struct cdp_io_req r[4];
+	struct cdp_cache_stats cst;
+	struct payloads pl = { 0 };
+	start_capture(f);
+	for (unsigned i = 0; i < 3; i++) {
+		noise(blk[i], sizeof(blk[i]), 2 * i + 1);
+		submit(f, 0, &r[i], CDP_IO_WRITE, (2 * i + 1) << 16, sizeof(blk[i]), blk[i]);
+		wait_done(i + 1);
+		point(f);	/* a segment per write */
+	}
+	cdp_cache_stats(f->cache, &cst);
+	assert_true(cst.spilled_segments >= 2);
+	assert_true(cst.bytes - cst.spilled_bytes <= SPILL_MEM);
+	/* What the link would send: the chain verifies, the payloads are intact. */
+	assert_true(walk(f, check_payload, &pl) >= 3);
+	assert_int_equal(pl.n, 3);
+	for (unsigned i = 0; i < 3; i++) {
+		assert_int_equal(pl.off[i], (2 * i + 1) << 16);
+		assert_true(pl.same[i]);
+	}
+
+	/* The file system fills: the next spilled segment is refused. */
+	cdp_io_shim_fail_nth(f->shim, 1, ENOSPC);
+	noise(blk[3], sizeof(blk[3]), 7);
+	submit(f, 0, &r[3], CDP_IO_WRITE, 7 << 16, sizeof(blk[3]), blk[3]);
+	wait_done(4);
+	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+	cdp_splitter_tick(f->sp);
+	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+	cdp_splitter_tick(f->sp);
+	/* The mode flips first; the callback comes once the bitmap has it all. */
+	assert_true(wait_cond(&f->seam.mu, &f->seam.cond, went_incremental, &f->seam));
+	assert_int_equal(cdp_splitter_mode(f->sp), CDP_SPLIT_INCREMENTAL);
+	/* Every write is in the bitmap: the refused one and the cached ones,
+	 * those in the spill file read back to be marked. */
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 0), 4 * 65536);
+	for (unsigned i = 0; i < 4; i++) {
+		uint64_t off, len;
+
+		assert_true(cdp_dirtymap_next(f->dm, 0, (2 * i) << 16, 0, &off, &len));
+		assert_int_equal(off, (2 * i + 1) << 16);
+		assert_int_equal(len, 65536);
+	}
+	assert_int_equal(walk(f, NULL, NULL), 0);	/* the cache was dropped */
+	cdp_cache_stats(f->cache, &cst);
+	assert_int_equal(cst.spilled_bytes, 0);
+	assert_int_equal(cst.refused, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -459,6 +589,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_records_points_and_heartbeats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_incremental_then_resync, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_sync_skips_holes_and_zeros, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_spill_file_then_its_write_error, setup_spill,
 						teardown),
 	};
 
