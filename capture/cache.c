@@ -47,6 +47,10 @@ struct cdp_cache {
 	uint64_t pushed, refused;
 	uint8_t base[32];	/* digest the head follows */
 
+	/* Serialises drop_all: when one returns, every entry dropped by any
+	 * drop_all has been through its fn (held across the reads and fn). */
+	pthread_mutex_t drop_mu;
+
 	/* The spill file (fd -1: none); fixed after cdp_cache_spill_open(). */
 	pthread_mutex_t push_mu;	/* serialises pushes; held across the spill write */
 	const struct cdp_io *io;
@@ -66,6 +70,7 @@ struct cdp_cache *cdp_cache_new(uint64_t max_bytes)
 
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->push_mu, NULL);
+	pthread_mutex_init(&c->drop_mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->cond, &ca);
@@ -140,6 +145,7 @@ void cdp_cache_free(struct cdp_cache *c)
 	free(c->spill_path);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->push_mu);
+	pthread_mutex_destroy(&c->drop_mu);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
 }
@@ -452,7 +458,8 @@ int cdp_cache_resume(struct cdp_cache *c, const uint8_t digest[32], uint64_t *af
 /*
  * The list is taken off the cache whole under the lock (the cache is empty
  * at once for everyone else); @fn then runs without it, reading spilled
- * bytes back with their ring space pinned.
+ * bytes back with their ring space pinned. drop_mu makes a concurrent
+ * drop_all wait for this one's fn calls, as it did when they ran under mu.
  */
 void cdp_cache_drop_all(struct cdp_cache *c, void (*fn)(void *arg, const struct cdp_cache_seg *s),
 			void *arg)
@@ -460,6 +467,7 @@ void cdp_cache_drop_all(struct cdp_cache *c, void (*fn)(void *arg, const struct 
 	struct cdp_cache_seg *list;
 	struct pin pin;
 
+	pthread_mutex_lock(&c->drop_mu);
 	pthread_mutex_lock(&c->mu);
 	list = c->head;
 	c->head = NULL;
@@ -503,6 +511,7 @@ void cdp_cache_drop_all(struct cdp_cache *c, void (*fn)(void *arg, const struct 
 		unpin_locked(c, &pin);
 		pthread_mutex_unlock(&c->mu);
 	}
+	pthread_mutex_unlock(&c->drop_mu);
 }
 
 void cdp_cache_stats(struct cdp_cache *c, struct cdp_cache_stats *st)

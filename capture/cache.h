@@ -27,8 +27,8 @@
  *
  * Threads: any; one mutex (memory work only), one condition variable for the
  * link's wait. Pushes are serialised by a second mutex held across the spill
- * write; reads of spilled bytes happen with no lock held, the ring space
- * they read pinned until they finish.
+ * write, drop_all calls by a third; reads of spilled bytes happen without
+ * the first, the ring space they read pinned until they finish.
  */
 #ifndef CDP_CAPTURE_CACHE_H
 #define CDP_CAPTURE_CACHE_H

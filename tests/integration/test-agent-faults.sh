@@ -114,6 +114,7 @@ m=$(logmark)
 kill -USR1 "$proxy"
 qio "${cmds[@]}"	# 24 MiB that zstd cannot shrink: more than cache.size (16 MiB)
 wait_for 30 seen_since "$m" "spilled [1-9]" || die "nothing went to the spill file during the cut"
+wait_for 30 seen_since "$m" "link cut" || die "the agent did not notice the cut"
 kill -USR2 "$proxy"
 check_restore "more than the memory cache written during a cut, with a spill file"
 seen_since "$m" "resending from the cache" || die "the agent did not resend from its cache"
