@@ -632,7 +632,14 @@ static void mark_cached_dirty(void *arg, const struct cdp_cache_seg *s)
 	struct cdp_splitter *sp = arg;
 
 	if (!s->data) {
-		/* Its bytes are lost (the spill file failed): its ranges are unknown. */
+		/* Its bytes are lost (the spill file failed): its ranges are unknown.
+		 * Said once: the next lost ones find every volume dirty already. */
+		bool all = true;
+
+		for (unsigned i = 0; i < sp->nvol; i++)
+			all = all && cdp_dirtymap_dirty_bytes(sp->o.dm, i) == sp->vols[i].size;
+		if (all)
+			return;
 		cdp_log_err("splitter: cached segment of seq %" PRIu64 " unreadable in the spill "
 			    "file (%s): every volume is dirty", s->first_seq, strerror(-s->read_err));
 		for (unsigned i = 0; i < sp->nvol; i++)

@@ -22,6 +22,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -64,6 +65,17 @@ struct fx {
 
 #define SPILL_MEM (100u << 10)	/* setup_spill: one 64 KiB write fits in memory, not two */
 static bool with_spill;
+/* The spill file's I/O: the shim's, with reads that fail on demand. */
+static struct cdp_io spill_io;
+static const struct cdp_io *spill_base;
+static _Atomic int spill_read_fail;	/* -errno for every read, 0: none */
+
+static long spill_pread(void *ctx, int fd, void *buf, size_t len, uint64_t off)
+{
+	int fail = atomic_load(&spill_read_fail);
+
+	return fail ? fail : spill_base->pread(ctx, fd, buf, len, off);
+}
 
 struct done {
 	pthread_mutex_t mu;
@@ -175,10 +187,13 @@ static int setup(void **state)
 	assert_int_equal(cdp_dirtymap_open(p, &mo, &f->dm, &err), 0);
 	if (with_spill) {
 		f->shim = cdp_io_shim_new(1);
+		spill_base = cdp_io_shim_ops(f->shim);
+		spill_io = *spill_base;
+		spill_io.pread = spill_pread;
+		atomic_store(&spill_read_fail, 0);
 		f->cache = cdp_cache_new(SPILL_MEM);
 		snprintf(p, sizeof(p), "%s/spill", f->dir);
-		assert_int_equal(cdp_cache_spill_open(f->cache, p, 1 << 20,
-						      cdp_io_shim_ops(f->shim), &err), 0);
+		assert_int_equal(cdp_cache_spill_open(f->cache, p, 1 << 20, &spill_io, &err), 0);
 	} else {
 		f->cache = cdp_cache_new(64u << 20);
 	}
@@ -528,13 +543,13 @@ static void check_payload(void *arg, const struct cdp_record *r, uint32_t seg_fl
 	p->n++;
 }
 
-static void test_spill_file_then_its_write_error(void **state)
+static uint8_t blk[4][65536];
+
+/* Three 64 KiB writes at 64 KiB, 192 KiB, 320 KiB: one segment each, two spilled. */
+static void three_segments(struct fx *f, struct cdp_io_req *r)
 {
-	struct fx *f = *state;
-	static uint8_t blk[4][65536];
-	struct cdp_io_req r[4];
 	struct cdp_cache_stats cst;
-	struct payloads pl = { 0 };
+
 	start_capture(f);
 	for (unsigned i = 0; i < 3; i++) {
 		noise(blk[i], sizeof(blk[i]), 2 * i + 1);
@@ -545,6 +560,16 @@ static void test_spill_file_then_its_write_error(void **state)
 	cdp_cache_stats(f->cache, &cst);
 	assert_true(cst.spilled_segments >= 2);
 	assert_true(cst.bytes - cst.spilled_bytes <= SPILL_MEM);
+}
+
+static void test_spill_file_then_its_write_error(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_io_req r[4];
+	struct cdp_cache_stats cst;
+	struct payloads pl = { 0 };
+
+	three_segments(f, r);
 	/* What the link would send: the chain verifies, the payloads are intact. */
 	assert_true(walk(f, check_payload, &pl) >= 3);
 	assert_int_equal(pl.n, 3);
@@ -581,6 +606,21 @@ static void test_spill_file_then_its_write_error(void **state)
 	assert_int_equal(cst.refused, 1);
 }
 
+/* A spilled segment that cannot be read back: which ranges it held is unknown. */
+static void test_unreadable_spilled_segment_dirties_everything(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_io_req r[3];
+
+	three_segments(f, r);
+	atomic_store(&spill_read_fail, -EIO);
+	assert_int_equal(cdp_splitter_go_incremental(f->sp, "test", &err), 0);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 0), VOL_SIZE);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 1), VOL_SIZE);
+	atomic_store(&spill_read_fail, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -592,6 +632,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_spill_file_then_its_write_error, setup_spill,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_unreadable_spilled_segment_dirties_everything,
+						setup_spill, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
