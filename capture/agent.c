@@ -70,12 +70,12 @@
 #define CAPTURE_METHOD "/cdp.v1.Capture/Stream"
 
 struct agent_conf {
-	char *id, *plan, *server, *state_dir;
+	char *id, *plan, *server, *state_dir, *spill_path;
 	char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
 	char *vol_name[MAX_VOLUMES], *vol_path[MAX_VOLUMES], *vol_nbd[MAX_VOLUMES];
 	int64_t point_interval, link_down_limit, ack_timeout, reconnect_min, reconnect_max;
 	int64_t stop_timeout, stats_interval;
-	uint64_t cache_size, extent_size, bitmap_granularity, max_request;
+	uint64_t cache_size, spill_size, extent_size, bitmap_granularity, max_request;
 	uint64_t sync_rate;	/* bit/s */
 	int64_t max_active, io_threads;
 };
@@ -127,9 +127,17 @@ static const struct cdp_conf_option options[] = {
 	  .help = "Threads doing source I/O." },
 	{ "cache", "size", CDP_CONF_SIZE_AT(struct agent_conf, cache_size), .def = "256MiB",
 	  .min = 16 * CDP_CONF_MIB, .max = 64 * CDP_CONF_GIB, .flags = CDP_CONF_F_RESTART,
-	  .help = "Memory for segments the journal server has not acknowledged; when full, "
-	  "the agent goes to incremental mode. Syncs leave 8 MiB of it to continuous "
-	  "capture." },
+	  .help = "Memory for segments the journal server has not acknowledged; when full "
+	  "(and the spill file too), the agent goes to incremental mode. Syncs leave 8 MiB "
+	  "of it to continuous capture." },
+	{ "cache", "spill_size", CDP_CONF_SIZE_AT(struct agent_conf, spill_size), .def = "0",
+	  .min = 16 * CDP_CONF_MIB, .max = CDP_CONF_TIB,
+	  .flags = CDP_CONF_F_ZERO_OFF | CDP_CONF_F_RESTART,
+	  .help = "Disk for unacknowledged segments once the memory is full: a scratch ring "
+	  "file of at most this size, emptied at start and never synced (0: none)." },
+	{ "cache", "spill_path", CDP_CONF_STRING_AT(struct agent_conf, spill_path),
+	  .flags = CDP_CONF_F_RESTART,
+	  .help = "The spill file (default: STATE_DIR/spill when spill_size is set)." },
 	{ "actlog", "extent_size", CDP_CONF_SIZE_AT(struct agent_conf, extent_size),
 	  .def = "4MiB", .min = 64 * CDP_CONF_KIB, .max = CDP_CONF_GIB,
 	  .flags = CDP_CONF_F_RESTART, .help = "Activity log extent (a power of two)." },
@@ -169,6 +177,7 @@ struct agent {
 	struct cdp_actlog *al;
 	struct cdp_dirtymap *dm;
 	struct cdp_cache *cache;
+	char spill_file[4096];		/* "" without a spill file */
 	struct cdp_splitter *sp;
 	struct cdp_nbd_server *nbd[MAX_VOLUMES];
 	struct cdp_export *exports[MAX_VOLUMES];	/* the NBD servers borrow them */
@@ -233,7 +242,7 @@ static void log_stats(struct agent *a)
 	struct cdp_splitter_stats st;
 	struct cdp_cache_stats cst;
 	struct rusage ru;
-	char line[256];
+	char line[256], spill[80];
 	uint64_t rss_kib = 0;
 	double cpu, gb;
 	FILE *f;
@@ -250,10 +259,14 @@ static void log_stats(struct agent *a)
 	cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
 	      (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 	gb = (double)st.write_bytes / 1e9;
-	cdp_log_info("agent: stats: %s, next seq %" PRIu64 ", cache %" PRIu64 " segments %.1f MiB, "
+	spill[0] = 0;
+	if (a->spill_file[0])
+		snprintf(spill, sizeof(spill), " (spilled %" PRIu64 " segments %.1f MiB)",
+			 cst.spilled_segments, (double)cst.spilled_bytes / (1 << 20));
+	cdp_log_info("agent: stats: %s, next seq %" PRIu64 ", cache %" PRIu64 " segments %.1f MiB%s, "
 		     "captured %.3f GB in %" PRIu64 " writes, RSS %.1f MiB, CPU %.2f s%s%.2f s/GB",
 		     st.mode == CDP_SPLIT_CONTINUOUS ? "continuous" : "incremental", st.next_seq,
-		     cst.segments, (double)cst.bytes / (1 << 20), gb, st.writes,
+		     cst.segments, (double)cst.bytes / (1 << 20), spill, gb, st.writes,
 		     (double)rss_kib / 1024, cpu, gb > 0 ? ", " : " (", gb > 0 ? cpu / gb : 0.0);
 }
 
@@ -709,6 +722,18 @@ static void run_stream(struct agent *a, struct cdp_rpc_stream *st)
 
 		if (!s)
 			continue;
+		if (!s->data) {
+			/* The spill file lost it: the journal's chain cannot go on. */
+			char why[CDP_ERR_MSG_MAX];
+
+			snprintf(why, sizeof(why), "spill file %s: read back: %s", a->spill_file,
+				 strerror(-s->read_err));
+			cdp_cache_put(s);
+			if (cdp_splitter_go_incremental(a->sp, why, &err))
+				cdp_log_err("agent: %s", err.msg);
+			atomic_store(&a->restream, true);
+			break;
+		}
 		pos = s->pos;
 		if (s->has_ckpt) {
 			ck.sync_id = s->ckpt_sync_id;
@@ -843,6 +868,21 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	}
 
 	a->cache = cdp_cache_new(a->cfg.cache_size);
+	if (a->cfg.spill_size) {
+		if (a->cfg.spill_path[0])
+			snprintf(a->spill_file, sizeof(a->spill_file), "%s", a->cfg.spill_path);
+		else
+			snprintf(a->spill_file, sizeof(a->spill_file), "%s/spill", a->cfg.state_dir);
+		rc = cdp_cache_spill_open(a->cache, a->spill_file, a->cfg.spill_size, NULL, err);
+		if (rc)
+			return cdp_err_prefix(err, "cache.spill_path");
+		cdp_log_info("agent: log cache %" PRIu64 " MiB of memory, then spill file %s of "
+			     "%" PRIu64 " MiB", a->cfg.cache_size >> 20, a->spill_file,
+			     a->cfg.spill_size >> 20);
+	} else if (a->cfg.spill_path[0]) {
+		return cdp_err_set(err, -EINVAL, "cache.spill_path: set, but cache.spill_size is 0 "
+				   "(no spill file)");
+	}
 	/* The splitter opens the volumes; the bitmap needs their sizes first. */
 	for (unsigned i = 0; i < a->nvol; i++) {
 		rc = cdp_splitter_source_size(a->paths[i], &a->sizes[i], err);

@@ -661,7 +661,24 @@ static void mark_dirty(struct cdp_splitter *sp, const uint8_t *data, size_t len)
 
 static void mark_cached_dirty(void *arg, const struct cdp_cache_seg *s)
 {
-	mark_dirty(arg, s->data, s->len);
+	struct cdp_splitter *sp = arg;
+
+	if (!s->data) {
+		/* Its bytes are lost (the spill file failed): its ranges are unknown.
+		 * Said once: the next lost ones find every volume dirty already. */
+		bool all = true;
+
+		for (unsigned i = 0; i < sp->nvol; i++)
+			all = all && cdp_dirtymap_dirty_bytes(sp->o.dm, i) == sp->vols[i].size;
+		if (all)
+			return;
+		cdp_log_err("splitter: cached segment of seq %" PRIu64 " unreadable in the spill "
+			    "file (%s): every volume is dirty", s->first_seq, strerror(-s->read_err));
+		for (unsigned i = 0; i < sp->nvol; i++)
+			cdp_dirtymap_set(sp->o.dm, i, 0, sp->vols[i].size);
+		return;
+	}
+	mark_dirty(sp, s->data, s->len);
 }
 
 static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned backlog)
@@ -721,17 +738,22 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 	sp->st.segments++;
 	sp->st.heartbeats += !nrec;
 	pthread_mutex_unlock(&sp->mu);
-	if (!incremental && cdp_cache_push(sp->o.cache, cs) == 0)
+	if (!incremental && cdp_cache_push(sp->o.cache, cs, &err) == 0)
 		return;
 	refused = !incremental;
 	/* Incremental, or the cache is full: its changes go to the bitmap. */
 	mark_dirty(sp, cs->data, cs->len);
 	cdp_cache_seg_free(cs);
 	if (refused) {
-		if (cdp_splitter_go_incremental(sp, "log cache full", &err))
+		/* Why it is full (memory, spill file, or the spill file's error). */
+		char why[CDP_ERR_MSG_MAX];
+
+		snprintf(why, sizeof(why), "%s", err.msg[0] ? err.msg : "log cache full");
+		cdp_err_clear(&err);
+		if (cdp_splitter_go_incremental(sp, why, &err))
 			cdp_log_err("splitter: %s", err.msg);
 		if (sp->o.on_incremental)
-			sp->o.on_incremental(sp->o.arg, "log cache full");
+			sp->o.on_incremental(sp->o.arg, why);
 	}
 }
 

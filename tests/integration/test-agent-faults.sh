@@ -9,6 +9,10 @@
 #     link.ack_timeout), goes to incremental mode, and after the link returns
 #     resyncs the dirty blocks and captures continuously again.
 #  3. The log cache fills during a cut: incremental mode again, same ending.
+#  4. With a spill file (the agent restarted with cache.spill_size), a cut
+#     while more than the memory cache is written: the rest waits in the
+#     spill file, and after the link returns the agent catches up from both,
+#     with no incremental mode and no resync.
 # After each, the newest consistent point restores to the source byte for byte.
 source "$(dirname "$0")/agent-lib.sh"
 requires qemu-io cmp
@@ -96,6 +100,30 @@ kill -USR2 "$proxy"
 wait_for 60 seen_since "$m" "sync done" || die "no resync after the cache filled"
 check_restore "the log cache filled during a cut"
 
-kill -TERM "$(cat "$T/agent.pid")"
-wait "$(cat "$T/agent.pid")" 2>/dev/null || true
+# 4. Restarted with a spill file and a down_limit this cut cannot reach; the
+#    stats line (every 200 ms) says the mode and what is spilled.
+apid=$(cat "$T/agent.pid")
+kill -TERM "$apid"
+wait "$apid" 2>/dev/null || true
+m=$(logmark)
+start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf" --set cache.spill_size=64MiB \
+	--set link.down_limit=1min --set agent.stats_interval=200ms
+wait_for 20 seen_since "$m" "stats: continuous" || die "the restarted agent is not continuous"
+head -c $((1 << 20)) /dev/urandom >"$T/random"
+m=$(logmark)
+kill -USR1 "$proxy"
+qio "${cmds[@]}"	# 24 MiB that zstd cannot shrink: more than cache.size (16 MiB)
+wait_for 30 seen_since "$m" "spilled [1-9]" || die "nothing went to the spill file during the cut"
+wait_for 30 seen_since "$m" "link cut" || die "the agent did not notice the cut"
+kill -USR2 "$proxy"
+check_restore "more than the memory cache written during a cut, with a spill file"
+seen_since "$m" "resending from the cache" || die "the agent did not resend from its cache"
+seen_since "$m" "incremental mode" && die "the spill file did not keep the agent continuous"
+seen_since "$m" "sync starts" && die "the agent resynced what its spill file held"
+
+apid=$(cat "$T/agent.pid")
+kill -TERM "$apid"
+wait "$apid" 2>/dev/null || true
+[ -f "$T/agent-state/spill" ] && [ ! -s "$T/agent-state/spill" ] ||
+	die "the spill file is not left empty by a clean stop"
 echo "PASS"

@@ -12,13 +12,17 @@
  *    verifies from the continue digest;
  *  - incremental mode: changes land in the bitmap, and a resync sends them
  *    back as RESYNC records between SYNC_BEGIN and SYNC_END;
- *  - the full sync turns holes and zero blocks into ZERO records.
+ *  - the full sync turns holes and zero blocks into ZERO records;
+ *  - with a spill file: segments past the memory bound decode from it in
+ *    chain order, and a spill write error sends the splitter to incremental
+ *    mode with every cached write (memory and spill) in the bitmap.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +36,7 @@
 
 #include "capture/splitter.h"
 #include "common/util.h"
+#include "storage/io.h"
 
 #define VOL_SIZE (8u << 20)
 #define WAIT_NS (30 * CDP_NS_PER_SEC)
@@ -43,6 +48,7 @@ struct seam {
 	bool held, release;
 	unsigned arrived;	/* writes that reached the seam */
 	uint64_t order[64];	/* their offsets, in arrival order */
+	bool went_incremental;	/* on_incremental: the fallback is complete */
 };
 
 struct fx {
@@ -54,7 +60,22 @@ struct fx {
 	struct cdp_cache *cache;
 	struct cdp_splitter *sp;
 	struct seam seam;
+	struct cdp_io_shim *shim;	/* the spill file's I/O (setup_spill) */
 };
+
+#define SPILL_MEM (100u << 10)	/* setup_spill: one 64 KiB write fits in memory, not two */
+static bool with_spill;
+/* The spill file's I/O: the shim's, with reads that fail on demand. */
+static struct cdp_io spill_io;
+static const struct cdp_io *spill_base;
+static _Atomic int spill_read_fail;	/* -errno for every read, 0: none */
+
+static long spill_pread(void *ctx, int fd, void *buf, size_t len, uint64_t off)
+{
+	int fail = atomic_load(&spill_read_fail);
+
+	return fail ? fail : spill_base->pread(ctx, fd, buf, len, off);
+}
 
 struct done {
 	pthread_mutex_t mu;
@@ -118,6 +139,21 @@ static void seam_hook(void *arg, unsigned volume, const struct cdp_io_req *req)
 
 static unsigned setup_extent_shift, setup_max_active;	/* 0: the log's defaults */
 
+static void seam_incremental(void *arg, const char *why)
+{
+	struct seam *s = arg;
+
+	pthread_mutex_lock(&s->mu);
+	s->went_incremental = true;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static bool went_incremental(void *arg)
+{
+	return ((struct seam *)arg)->went_incremental;
+}
+
 static int setup(void **state)
 {
 	struct fx *f = cdp_xcalloc(1, sizeof(*f));
@@ -152,7 +188,18 @@ static int setup(void **state)
 	mo.granularity = 4096;
 	snprintf(p, sizeof(p), "%s/bitmap", f->dir);
 	assert_int_equal(cdp_dirtymap_open(p, &mo, &f->dm, &err), 0);
-	f->cache = cdp_cache_new(64u << 20);
+	if (with_spill) {
+		f->shim = cdp_io_shim_new(1);
+		spill_base = cdp_io_shim_ops(f->shim);
+		spill_io = *spill_base;
+		spill_io.pread = spill_pread;
+		atomic_store(&spill_read_fail, 0);
+		f->cache = cdp_cache_new(SPILL_MEM);
+		snprintf(p, sizeof(p), "%s/spill", f->dir);
+		assert_int_equal(cdp_cache_spill_open(f->cache, p, 1 << 20, &spill_io, &err), 0);
+	} else {
+		f->cache = cdp_cache_new(64u << 20);
+	}
 	so.nvolumes = 2;
 	so.names = names;
 	so.paths = paths;
@@ -163,6 +210,7 @@ static int setup(void **state)
 	so.dm = f->dm;
 	so.cache = f->cache;
 	so.before_source_write = seam_hook;
+	so.on_incremental = seam_incremental;
 	so.arg = &f->seam;
 	assert_int_equal(cdp_splitter_open(&so, &f->sp, &err), 0);
 	dn.n = 0;
@@ -189,6 +237,8 @@ static int teardown(void **state)
 
 	cdp_splitter_close(f->sp);
 	cdp_cache_free(f->cache);
+	if (f->shim)
+		cdp_io_shim_free(f->shim);
 	cdp_dirtymap_close(f->dm);
 	cdp_actlog_close(f->al);
 	pthread_mutex_destroy(&f->seam.mu);
@@ -197,6 +247,16 @@ static int teardown(void **state)
 	assert_int_equal(system(cmd), 0);
 	free(f);
 	return 0;
+}
+
+static int setup_spill(void **state)
+{
+	int rc;
+
+	with_spill = true;
+	rc = setup(state);
+	with_spill = false;
+	return rc;
 }
 
 static void start_capture(struct fx *f)
@@ -569,6 +629,116 @@ static void test_full_sync_skips_holes_and_zeros(void **state)
 	assert_int_equal(st.resync_bytes + st.resync_zero_bytes, 2ull * VOL_SIZE);
 }
 
+/* Bytes zstd cannot shrink: block @i's. */
+static void noise(uint8_t *p, size_t len, uint64_t i)
+{
+	uint64_t x = i * 0x9E3779B97F4A7C15ull + 1;
+
+	for (size_t k = 0; k < len; k++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[k] = (uint8_t)x;
+	}
+}
+
+struct payloads {
+	unsigned n;
+	uint64_t off[8];
+	bool same[8];
+};
+
+static void check_payload(void *arg, const struct cdp_record *r, uint32_t seg_flags)
+{
+	struct payloads *p = arg;
+	uint8_t want[65536];
+
+	if (!r || r->kind != CDP_REC_WRITE || p->n == 8)
+		return;
+	noise(want, sizeof(want), r->offset >> 16);
+	p->off[p->n] = r->offset;
+	p->same[p->n] = r->length == sizeof(want) && !memcmp(r->payload, want, sizeof(want));
+	p->n++;
+}
+
+static uint8_t blk[4][65536];
+
+/* Three 64 KiB writes at 64 KiB, 192 KiB, 320 KiB: one segment each, two spilled. */
+static void three_segments(struct fx *f, struct cdp_io_req *r)
+{
+	struct cdp_cache_stats cst;
+
+	start_capture(f);
+	for (unsigned i = 0; i < 3; i++) {
+		noise(blk[i], sizeof(blk[i]), 2 * i + 1);
+		submit(f, 0, &r[i], CDP_IO_WRITE, (2 * i + 1) << 16, sizeof(blk[i]), blk[i]);
+		wait_done(i + 1);
+		point(f);	/* a segment per write */
+	}
+	cdp_cache_stats(f->cache, &cst);
+	assert_true(cst.spilled_segments >= 2);
+	assert_true(cst.bytes - cst.spilled_bytes <= SPILL_MEM);
+}
+
+static void test_spill_file_then_its_write_error(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_io_req r[4];
+	struct cdp_cache_stats cst;
+	struct payloads pl = { 0 };
+
+	three_segments(f, r);
+	/* What the link would send: the chain verifies, the payloads are intact. */
+	assert_true(walk(f, check_payload, &pl) >= 3);
+	assert_int_equal(pl.n, 3);
+	for (unsigned i = 0; i < 3; i++) {
+		assert_int_equal(pl.off[i], (2 * i + 1) << 16);
+		assert_true(pl.same[i]);
+	}
+
+	/* The file system fills: the next spilled segment is refused. */
+	cdp_io_shim_fail_nth(f->shim, 1, ENOSPC);
+	noise(blk[3], sizeof(blk[3]), 7);
+	submit(f, 0, &r[3], CDP_IO_WRITE, 7 << 16, sizeof(blk[3]), blk[3]);
+	wait_done(4);
+	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+	cdp_splitter_tick(f->sp);
+	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+	cdp_splitter_tick(f->sp);
+	/* The mode flips first; the callback comes once the bitmap has it all. */
+	assert_true(wait_cond(&f->seam.mu, &f->seam.cond, went_incremental, &f->seam));
+	assert_int_equal(cdp_splitter_mode(f->sp), CDP_SPLIT_INCREMENTAL);
+	/* Every write is in the bitmap: the refused one and the cached ones,
+	 * those in the spill file read back to be marked. */
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 0), 4 * 65536);
+	for (unsigned i = 0; i < 4; i++) {
+		uint64_t off, len;
+
+		assert_true(cdp_dirtymap_next(f->dm, 0, (2 * i) << 16, 0, &off, &len));
+		assert_int_equal(off, (2 * i + 1) << 16);
+		assert_int_equal(len, 65536);
+	}
+	assert_int_equal(walk(f, NULL, NULL), 0);	/* the cache was dropped */
+	cdp_cache_stats(f->cache, &cst);
+	assert_int_equal(cst.spilled_bytes, 0);
+	assert_int_equal(cst.refused, 1);
+}
+
+/* A spilled segment that cannot be read back: which ranges it held is unknown. */
+static void test_unreadable_spilled_segment_dirties_everything(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_io_req r[3];
+
+	three_segments(f, r);
+	atomic_store(&spill_read_fail, -EIO);
+	assert_int_equal(cdp_splitter_go_incremental(f->sp, "test", &err), 0);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 0), VOL_SIZE);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 1), VOL_SIZE);
+	atomic_store(&spill_read_fail, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -581,6 +751,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_incremental_then_resync, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_sync_skips_holes_and_zeros, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_spill_file_then_its_write_error, setup_spill,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_unreadable_spilled_segment_dirties_everything,
+						setup_spill, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
