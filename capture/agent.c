@@ -70,12 +70,12 @@
 #define CAPTURE_METHOD "/cdp.v1.Capture/Stream"
 
 struct agent_conf {
-	char *id, *plan, *server, *state_dir, *spill_path;
+	char *id, *plan, *server, *state_dir, *spill_dir;
 	char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
 	char *vol_name[MAX_VOLUMES], *vol_path[MAX_VOLUMES], *vol_nbd[MAX_VOLUMES];
 	int64_t point_interval, link_down_limit, ack_timeout, reconnect_min, reconnect_max;
 	int64_t stop_timeout, stats_interval;
-	uint64_t cache_size, spill_size, extent_size, bitmap_granularity, max_request;
+	uint64_t cache_size, spill_max, extent_size, bitmap_granularity, max_request;
 	uint64_t sync_rate;	/* bit/s */
 	int64_t max_active, io_threads;
 };
@@ -130,14 +130,15 @@ static const struct cdp_conf_option options[] = {
 	  .help = "Memory for segments the journal server has not acknowledged; when full "
 	  "(and the spill file too), the agent goes to incremental mode. Syncs leave 8 MiB "
 	  "of it to continuous capture." },
-	{ "cache", "spill_size", CDP_CONF_SIZE_AT(struct agent_conf, spill_size), .def = "0",
+	{ "cache", "spill_max", CDP_CONF_SIZE_AT(struct agent_conf, spill_max), .def = "0",
 	  .min = 16 * CDP_CONF_MIB, .max = CDP_CONF_TIB,
 	  .flags = CDP_CONF_F_ZERO_OFF | CDP_CONF_F_RESTART,
 	  .help = "Disk for unacknowledged segments once the memory is full: a scratch ring "
 	  "file of at most this size, emptied at start and never synced (0: none)." },
-	{ "cache", "spill_path", CDP_CONF_STRING_AT(struct agent_conf, spill_path),
+	{ "cache", "spill_dir", CDP_CONF_STRING_AT(struct agent_conf, spill_dir),
 	  .flags = CDP_CONF_F_RESTART,
-	  .help = "The spill file (default: STATE_DIR/spill when spill_size is set)." },
+	  .help = "Directory of the spill file 'spill' (default: STATE_DIR), on a local "
+	  "disk, when spill_max is set." },
 	{ "actlog", "extent_size", CDP_CONF_SIZE_AT(struct agent_conf, extent_size),
 	  .def = "4MiB", .min = 64 * CDP_CONF_KIB, .max = CDP_CONF_GIB,
 	  .flags = CDP_CONF_F_RESTART, .help = "Activity log extent (a power of two)." },
@@ -868,19 +869,17 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	}
 
 	a->cache = cdp_cache_new(a->cfg.cache_size);
-	if (a->cfg.spill_size) {
-		if (a->cfg.spill_path[0])
-			snprintf(a->spill_file, sizeof(a->spill_file), "%s", a->cfg.spill_path);
-		else
-			snprintf(a->spill_file, sizeof(a->spill_file), "%s/spill", a->cfg.state_dir);
-		rc = cdp_cache_spill_open(a->cache, a->spill_file, a->cfg.spill_size, NULL, err);
+	if (a->cfg.spill_max) {
+		snprintf(a->spill_file, sizeof(a->spill_file), "%s/spill",
+			 a->cfg.spill_dir[0] ? a->cfg.spill_dir : a->cfg.state_dir);
+		rc = cdp_cache_spill_open(a->cache, a->spill_file, a->cfg.spill_max, NULL, err);
 		if (rc)
-			return cdp_err_prefix(err, "cache.spill_path");
+			return cdp_err_prefix(err, "cache.spill_dir");
 		cdp_log_info("agent: log cache %" PRIu64 " MiB of memory, then spill file %s of "
 			     "%" PRIu64 " MiB", a->cfg.cache_size >> 20, a->spill_file,
-			     a->cfg.spill_size >> 20);
-	} else if (a->cfg.spill_path[0]) {
-		return cdp_err_set(err, -EINVAL, "cache.spill_path: set, but cache.spill_size is 0 "
+			     a->cfg.spill_max >> 20);
+	} else if (a->cfg.spill_dir[0]) {
+		return cdp_err_set(err, -EINVAL, "cache.spill_dir: set, but cache.spill_max is 0 "
 				   "(no spill file)");
 	}
 	/* The splitter opens the volumes; the bitmap needs their sizes first. */

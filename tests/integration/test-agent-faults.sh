@@ -9,7 +9,7 @@
 #     link.ack_timeout), goes to incremental mode, and after the link returns
 #     resyncs the dirty blocks and captures continuously again.
 #  3. The log cache fills during a cut: incremental mode again, same ending.
-#  4. With a spill file (the agent restarted with cache.spill_size), a cut
+#  4. With a spill file (the agent restarted with cache.spill_max), a cut
 #     while more than the memory cache is written: the rest waits in the
 #     spill file, and after the link returns the agent catches up from both,
 #     with no incremental mode and no resync.
@@ -106,7 +106,7 @@ apid=$(cat "$T/agent.pid")
 kill -TERM "$apid"
 wait "$apid" 2>/dev/null || true
 m=$(logmark)
-start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf" --set cache.spill_size=64MiB \
+start_daemon -P "$T/agent.pid" "$AGENT" --config "$T/agent.conf" --set cache.spill_max=64MiB \
 	--set link.down_limit=1min --set agent.stats_interval=200ms
 wait_for 20 seen_since "$m" "stats: continuous" || die "the restarted agent is not continuous"
 head -c $((1 << 20)) /dev/urandom >"$T/random"
