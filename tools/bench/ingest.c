@@ -40,7 +40,11 @@
  * scratch directory is removed.
  *
  * Each figure is the median over --runs; a ratio is the median of the per-run
- * ratios (store and daemon run back to back, so drift cancels). Human table
+ * ratios (store and daemon run back to back, so drift cancels). Each run's
+ * line also gives journald's CPU seconds per GB and page faults per MiB
+ * (minor faults over the daemon's whole life, the prefill at its start
+ * included) and the client's own faults during the stream: first touches of
+ * fresh pages cost more than copies on these VMs. Human table
  * on stderr; the last stdout line is one JSON object:
  * {"bench","metric","value","unit","peer","peer_value","ratio","more":[...]}.
  */
