@@ -32,6 +32,11 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "journald/journald.h"
+#include "proto/wire.h"
+#include "storage/segment.h"
+
+/* The CaptureUp of a full raw segment: what agents send most of the time. */
+#define JD_SEGMENT_MSG_MAX ((size_t)CDP_CAPTURE_UP_HEAD_MAX + CDP_SEG_HDR_LEN + CDP_SEG_MAX_RAW)
 
 static const struct cdp_conf_option options[] = {
 	{ "server", "listen", CDP_CONF_STRING_AT(struct jd_config, listen),
@@ -118,9 +123,13 @@ int main(int argc, char **argv)
 
 	cdp_log_init("cdp-journald");
 	cdp_thread_set_name("main");
-	/* gRPC throughput depends on the allocator (TOOLCHAIN.md). */
+	/* gRPC throughput depends on the allocator (TOOLCHAIN.md). One arena:
+	 * glibc unmaps a thread arena's heap as soon as it is empty, whatever
+	 * the trim threshold, so gRPC's read buffers would keep landing in
+	 * fresh pages (docs/performance.md, "Ingest over gRPC"). */
 	mallopt(M_MMAP_THRESHOLD, 64 << 20);
 	mallopt(M_TRIM_THRESHOLD, 256 << 20);
+	mallopt(M_ARENA_MAX, 1);
 	while ((c = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': config = optarg; flags = CDP_CONF_REQUIRED; break;
@@ -233,6 +242,10 @@ int main(int argc, char **argv)
 		free(listen_copy);
 		goto out_plans;
 	}
+	/* Receive buffers for full segments, faulted in now rather than under
+	 * the first agent's stream. */
+	cdp_rpc_msg_pool_prefill(CDP_MIN((size_t)so.max_message, JD_SEGMENT_MSG_MAX),
+				 CDP_RPC_MSG_POOL_MAX);
 	if (jd_ingest_start(d, &err) || jd_replay_start(d, &err) || jd_control_start(d, &err) ||
 	    cdp_rpc_server_start(d->srv, &err)) {
 		cdp_log_err("%s", err.msg);

@@ -48,8 +48,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -467,6 +469,46 @@ void cdp_rpc_msg_free(uint8_t *msg)
 		pthread_mutex_unlock(&msg_pool.mu);
 	}
 	free(hdr);
+}
+
+/* Faults in [p, p + len): one madvise() when the kernel has it (5.14+), else a write per page. */
+static void prefault(uint8_t *p, size_t len)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+
+#ifdef MADV_POPULATE_WRITE
+	if (a < (uintptr_t)p + len &&
+	    !madvise((void *)a, ((uintptr_t)p + len - a) & ~((uintptr_t)page - 1),
+		     MADV_POPULATE_WRITE))
+		return;
+#endif
+	for (size_t i = 0; i < len; i += (size_t)page)
+		((volatile uint8_t *)p)[i] = 0;
+}
+
+size_t cdp_rpc_msg_pool_prefill(size_t len, size_t bytes)
+{
+	size_t cap = (CDP_MAX(len, MSG_POOL_MIN) + MSG_POOL_MIN - 1) & ~(size_t)(MSG_POOL_MIN - 1);
+	size_t added = 0;
+
+	bytes = CDP_MIN(bytes, (size_t)CDP_RPC_MSG_POOL_MAX);
+	for (;;) {
+		uint8_t *hdr;
+		bool full;
+
+		pthread_mutex_lock(&msg_pool.mu);
+		full = msg_pool.n == MSG_POOL_SLOTS || msg_pool.idle_bytes + cap > bytes;
+		pthread_mutex_unlock(&msg_pool.mu);
+		if (full)
+			break;
+		hdr = cdp_xmalloc(MSG_HDR + cap);
+		memcpy(hdr, &cap, sizeof(cap));
+		prefault(hdr, MSG_HDR + cap);
+		cdp_rpc_msg_free(hdr + MSG_HDR);
+		added += cap;
+	}
+	return added;
 }
 
 /* Frees the idle pool at exit, so leak checkers see only real leaks. */
@@ -1457,6 +1499,9 @@ struct cdp_rpc_server *cdp_rpc_server_new(const struct cdp_rpc_server_opts *o,
 	/* Accept our clients' keepalive pings (they ping every KEEPALIVE_MS). */
 	arg_int(&a, GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
 		CDP_RPC_KEEPALIVE_MS / 2);
+	/* A fixed receive window per stream (see CDP_RPC_STREAM_WINDOW). */
+	arg_int(&a, GRPC_ARG_HTTP2_BDP_PROBE, 0);
+	arg_int(&a, GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, (int)CDP_RPC_STREAM_WINDOW);
 	cargs.num_args = a.n;
 	cargs.args = a.a;
 	srv->gs = grpc_server_create(&cargs, NULL);

@@ -107,6 +107,16 @@
 #define CDP_RPC_KEEPALIVE_TIMEOUT_MS 10000
 #define CDP_RPC_RECONNECT_MAX_MS 5000
 
+/*
+ * HTTP/2 flow-control window of each stream a server receives on, bytes: a
+ * fixed window (gRPC's BDP probing off). With probing, gRPC grew the window
+ * until a client's whole backlog sat in the server's memory as freshly
+ * allocated read buffers; a fixed window bounds what a stream holds there
+ * (docs/performance.md, "Ingest over gRPC"). 8 MiB still covers 1 GB/s at
+ * 8 ms round trip.
+ */
+#define CDP_RPC_STREAM_WINDOW (8u << 20)
+
 /* gRPC status codes (the numbers on the wire), so callers need no gRPC header. */
 enum cdp_rpc_code {
 	CDP_RPC_OK = 0,
@@ -219,6 +229,15 @@ struct cdp_rpc_handlers {
  */
 #define CDP_RPC_MSG_POOL_MAX (64u << 20)
 void cdp_rpc_msg_free(uint8_t *msg);
+
+/*
+ * Puts buffers for messages of up to @len bytes (at least 1 MiB) into that
+ * pool, with their pages already faulted in, until it holds @bytes idle (at
+ * most CDP_RPC_MSG_POOL_MAX). A server that will take a stream of large
+ * messages calls it once at start, so its first messages do not pay for
+ * fresh pages (docs/performance.md). Returns the bytes added.
+ */
+size_t cdp_rpc_msg_pool_prefill(size_t len, size_t bytes);
 
 struct cdp_rpc_server_opts {
 	/* Addresses to listen on (borrowed): "unix:/path" or "HOST:PORT"; port 0

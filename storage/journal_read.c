@@ -542,6 +542,7 @@ static int replay_cb(void *arg, const struct jseg *s)
 	ex.min_time = INT64_MIN;
 	ex.volume_sizes = r->apply.sizes;
 	ex.nvolumes = r->apply.nvolumes;
+	ex.body_checked = true;	/* by jseg_read(), on r->buf */
 	rc = cdp_seg_decode(r->buf.data, r->buf.len, &ex, &seg, r->err);
 	if (rc) {
 		cdp_err_prefix(r->err, "plan %" PRIu64 " seq %" PRIu64, s->plan_id, s->first_seq);

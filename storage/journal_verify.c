@@ -120,6 +120,7 @@ static int verify_cb(void *arg, const struct jseg *s)
 		ex.volume_sizes = v->p->conf.volume_size;
 		ex.nvolumes = v->p->conf.nvolumes;
 		ex.borrow_raw = true;	/* v->buf outlives seg */
+		ex.body_checked = true;	/* by jseg_read(), on v->buf */
 		rc = cdp_seg_decode(v->buf.data, v->buf.len, &ex, &seg, &err);
 		if (rc)
 			cdp_err_prefix(&err, "plan %s seq %" PRIu64, v->p->conf.name, s->first_seq);

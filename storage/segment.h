@@ -279,6 +279,9 @@ struct cdp_seg_expect {
 	/* A body stored uncompressed is used in place (no copy): the decoded
 	 * segment then points into @buf and must not outlive it. */
 	bool borrow_raw;
+	/* The caller has just checked the body CRC of these very bytes
+	 * (cdp_seg_check_body(), as jseg_read() does): not computed again. */
+	bool body_checked;
 };
 
 /* A decoded segment: header, owned raw body, and its records (payloads point into raw). */

@@ -867,6 +867,50 @@ static void test_send_parts_borrows_the_body(void **state)
 	free(body);
 }
 
+/*
+ * Prefill: whole buffers sized for @len, up to the bytes asked and never past
+ * CDP_RPC_MSG_POOL_MAX idle; a second call finds the pool full. Messages of
+ * that size then arrive intact in those buffers.
+ */
+static void test_msg_pool_prefill_bounds_and_serves(void **state)
+{
+	struct env *e = *state;
+	size_t len = (3u << 20) + 5, cap = 4u << 20, added, more;
+	uint8_t *body = cdp_xmalloc(len);
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_rpc_stream *s;
+	enum cdp_rpc_code code;
+	uint64_t sum = 0, base_sum, base_bytes;
+	unsigned n = 3;
+
+	added = cdp_rpc_msg_pool_prefill(len, 12u << 20);
+	assert_int_equal(added % cap, 0);
+	assert_true(added <= 12u << 20);
+	assert_int_equal(cdp_rpc_msg_pool_prefill(len, 12u << 20), 0);
+	more = cdp_rpc_msg_pool_prefill(len, SIZE_MAX);
+	assert_int_equal(more % cap, 0);
+	assert_true(added + more <= CDP_RPC_MSG_POOL_MAX);
+	assert_int_equal(cdp_rpc_msg_pool_prefill(len, SIZE_MAX), 0);
+
+	for (size_t i = 0; i < len; i++) {
+		body[i] = (uint8_t)(i * 5 + 3);
+		sum += (uint64_t)body[i] * n;
+	}
+	base_sum = st_snap(&e->st).sink_sum;
+	base_bytes = st_snap(&e->st).sink_bytes;
+	s = cdp_rpc_stream_open(e->tch, M_SINK, CALL_TIMEOUT, &err);
+	assert_non_null(s);
+	for (unsigned i = 0; i < n; i++)
+		assert_int_equal(cdp_rpc_stream_send(s, body, len, CALL_TIMEOUT, &err), 0);
+	assert_int_equal(cdp_rpc_stream_close_send(s, CALL_TIMEOUT, &err), 0);
+	assert_int_equal(cdp_rpc_stream_status(s, CALL_TIMEOUT, &code, &err), 0);
+	assert_int_equal(code, CDP_RPC_OK);
+	WAIT_FOR(&e->st, e->st.sink_bytes - base_bytes == n * len);
+	assert_int_equal(st_snap(&e->st).sink_sum - base_sum, sum);
+	cdp_rpc_stream_free(s);
+	free(body);
+}
+
 static void test_pause_recv_holds_the_client_back(void **state)
 {
 	struct env *e = *state;
@@ -1369,6 +1413,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_large_messages_and_the_limit, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_send_parts_borrows_the_body, env_setup,
+						env_teardown),
+		cmocka_unit_test_setup_teardown(test_msg_pool_prefill_bounds_and_serves, env_setup,
 						env_teardown),
 		cmocka_unit_test_setup_teardown(test_pause_recv_holds_the_client_back, env_setup,
 						env_teardown),

@@ -1234,6 +1234,30 @@ static void test_decode_rejects_bad_body_crc(void **state)
 	cdp_buf_release(&b);
 }
 
+/*
+ * body_checked skips only the body CRC (the caller just computed it on the
+ * same bytes): a wrong stored body CRC then passes, but a flipped body byte
+ * is still found by the record CRCs and the chain digest.
+ */
+static void test_decode_body_checked_skips_only_the_body_crc(void **state)
+{
+	struct cdp_seg_expect ex = std_expect();
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_buf b = CDP_BUF_INIT;
+
+	ex.body_checked = true;
+	build_std(&b, CDP_COMP_NONE, 0, NULL);
+	EDIT_HEADER(&b, h, h.body_crc32c ^= 1);
+	assert_decode_fails(&b, "segment: body crc32c");
+	assert_int_equal(decode(&b, &ex, &err), 0);
+	EDIT_HEADER(&b, h, h.body_crc32c ^= 1);
+	b.data[b.len - 1] ^= 0x01;
+	assert_err(&err, decode(&b, &ex, &err), -EBADMSG, "payload crc32c");
+	fix_rec_crc(rec_at(b.data, NSTD - 1));
+	assert_err(&err, decode(&b, &ex, &err), -EBADMSG, "chain digest mismatch");
+	cdp_buf_release(&b);
+}
+
 /* Replaces the body of zstd segment @b by @body (header fields follow), keeping CRCs valid. */
 static void replace_zstd_body(struct cdp_buf *b, const void *body, size_t n, uint32_t raw_len)
 {
@@ -1864,6 +1888,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_decode_rejects_raw_len_too_big),
 		cmocka_unit_test(test_decode_rejects_body_len_mismatch),
 		cmocka_unit_test(test_decode_rejects_bad_body_crc),
+		cmocka_unit_test(test_decode_body_checked_skips_only_the_body_crc),
 		cmocka_unit_test(test_decode_rejects_zstd_garbage),
 		cmocka_unit_test(test_decode_rejects_corrupt_zstd_frame),
 		cmocka_unit_test(test_decode_rejects_content_size_mismatch),

@@ -40,7 +40,11 @@
  * scratch directory is removed.
  *
  * Each figure is the median over --runs; a ratio is the median of the per-run
- * ratios (store and daemon run back to back, so drift cancels). Human table
+ * ratios (store and daemon run back to back, so drift cancels). Each run's
+ * line also gives journald's CPU seconds per GB and page faults per MiB
+ * (minor faults over the daemon's whole life, the prefill at its start
+ * included) and the client's own faults during the stream: first touches of
+ * fresh pages cost more than copies on these VMs. Human table
  * on stderr; the last stdout line is one JSON object:
  * {"bench","metric","value","unit","peer","peer_value","ratio","more":[...]}.
  */
@@ -111,9 +115,10 @@ static char g_pki[PATH_MAX + 8];	/* certificates, "" when TLS is unavailable */
 
 /*
  * SIGTERM to the daemon we started, and waits for it (SIGKILL after a
- * deadline). Returns its CPU seconds (user + system) over its whole life.
+ * deadline). Returns its CPU seconds (user + system) over its whole life,
+ * and its minor page faults in *@minflt when @minflt is not NULL.
  */
-static double jd_stop(void)
+static double jd_stop_faults(long *minflt)
 {
 	int64_t deadline = now_ns() + 30 * CDP_NS_PER_SEC;
 	struct timespec poll = { 0, 10 * 1000000 };
@@ -146,8 +151,15 @@ static double jd_stop(void)
 	if (!WIFEXITED(status) || WEXITSTATUS(status))
 		note("ingest bench: warning: cdp-journald %d ended with status 0x%x (see %s/jd.log)\n",
 		     (int)pid, status, g_base);
+	if (minflt)
+		*minflt = ru.ru_minflt;
 	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
 	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static double jd_stop(void)
+{
+	return jd_stop_faults(NULL);
 }
 
 static void cleanup(void)
@@ -580,8 +592,11 @@ static double store_one(const struct opts *o, const struct seg *segs, unsigned n
 }
 
 static double daemon_one(const struct opts *o, enum transport tr, const struct seg *segs,
-			 unsigned n, uint64_t bytes, unsigned run, double *cpu_s_per_gb)
+			 unsigned n, uint64_t bytes, unsigned run, double *cpu_s_per_gb,
+			 double *faults_per_mib)
 {
+	struct rusage ru0, ru1;
+	long jd_faults;
 	uint64_t ext = o->extent_mib * MiB;
 	unsigned spares = spares_for(bytes, ext), have;
 	char state[PATH_MAX + 32], sock[PATH_MAX + 32], target[PATH_MAX + 40];
@@ -615,14 +630,18 @@ static double daemon_one(const struct opts *o, enum transport tr, const struct s
 	create_plan(ctl);
 	cdp_rpc_channel_free(ctl);
 	agent = channel(target, tr == TR_TLS ? AGENT : NULL);
+	getrusage(RUSAGE_SELF, &ru0);
 	secs = stream_all(agent, segs, n, o->window);
+	getrusage(RUSAGE_SELF, &ru1);
 	cdp_rpc_channel_free(agent);
 	for (int64_t until = now_ns() + 10 * (int64_t)1000000000;
 	     atomic_load(&bodies_out) && now_ns() < until;)
 		sched_yield();
 	if (atomic_load(&bodies_out))
 		die("gRPC still holds %u segment bodies", atomic_load(&bodies_out));
-	*cpu_s_per_gb = jd_stop() / ((double)bytes / 1e9);
+	*cpu_s_per_gb = jd_stop_faults(&jd_faults) / ((double)bytes / 1e9);
+	faults_per_mib[0] = (double)jd_faults / ((double)bytes / MiB);
+	faults_per_mib[1] = (double)(ru1.ru_minflt - ru0.ru_minflt) / ((double)bytes / MiB);
 	rmtree(state);
 	return (double)bytes / secs / 1e6;
 }
@@ -766,7 +785,7 @@ int main(int argc, char **argv)
 	gen_release(&g);
 
 	for (unsigned r = 1; r <= o.runs; r++) {
-		double store = 0, v, cpu;
+		double store = 0, v, cpu, flt[2];
 
 		if (want(&o, "store") || !o.only) {
 			store = store_one(&o, segs, nsegs, bytes, r);
@@ -779,14 +798,15 @@ int main(int argc, char **argv)
 				store = store_one(&o, segs, nsegs, bytes, r);
 				note("run %u: journal store alone       %8.1f MB/s\n", r, store);
 			}
-			v = daemon_one(&o, (enum transport)tr, segs, nsegs, bytes, r, &cpu);
+			v = daemon_one(&o, (enum transport)tr, segs, nsegs, bytes, r, &cpu, flt);
 			g_m[tr].v[g_m[tr].n] = v;
 			g_m[tr].pv[g_m[tr].n] = store;
 			g_m[tr].cpu[g_m[tr].n] = cpu;
 			g_m[tr].n++;
 			note("run %u: cdp-journald over %-4s %s %8.1f MB/s, ratio %.3f (journald "
-			     "%.2f CPU s/GB)\n", r, tr_name[tr], tr == TR_TLS ? "mTLS " : "plain",
-			     v, v / store, cpu);
+			     "%.2f CPU s/GB; page faults per MiB: journald %.0f, client %.0f)\n", r,
+			     tr_name[tr], tr == TR_TLS ? "mTLS " : "plain", v, v / store, cpu,
+			     flt[0], flt[1]);
 		}
 	}
 	report();
