@@ -77,6 +77,7 @@ struct agent_conf {
 	int64_t stop_timeout, stats_interval;
 	uint64_t cache_size, spill_max, extent_size, bitmap_granularity, max_request;
 	uint64_t sync_rate;	/* bit/s */
+	int64_t sync_read_percent;
 	int64_t max_active, io_threads;
 };
 
@@ -164,7 +165,12 @@ static const struct cdp_conf_option options[] = {
 	  .def = "10s", .min = 0, .max = CDP_CONF_HOUR,
 	  .help = "At SIGTERM, how long to wait for the journal to acknowledge what is cached." },
 	{ "sync", "rate", CDP_CONF_RATE_AT(struct agent_conf, sync_rate), .def = "300Mbit",
-	  .flags = CDP_CONF_F_ZERO_OFF, .help = "Cap on sync reads (0: unlimited)." },
+	  .flags = CDP_CONF_F_ZERO_OFF,
+	  .help = "Network cap on sync traffic: RESYNC data payload (0: unlimited)." },
+	{ "sync", "read_percent", CDP_CONF_INT_AT(struct agent_conf, sync_read_percent),
+	  .def = "30", .min = 0, .max = 100,
+	  .help = "Cap on sync reads, percent of the source's read bandwidth measured at the "
+		  "start of each sync (0: off)." },
 	VOL_OPTS(0), VOL_OPTS(1), VOL_OPTS(2), VOL_OPTS(3),
 };
 
@@ -184,7 +190,8 @@ struct agent {
 	struct cdp_export *exports[MAX_VOLUMES];	/* the NBD servers borrow them */
 	struct cdp_rpc_channel *ch;
 	_Atomic bool stop;
-	_Atomic uint64_t sync_rate;	/* bytes/s: sync.rate, the journal's Throttle, SIGHUP */
+	/* sync.rate (as bytes/s) and sync.read_percent; the journal's Throttle, SIGHUP */
+	struct cdp_sync_caps caps;
 	uint64_t captured_base;		/* write bytes at the last stats line */
 	/* The local sync checkpoint: what the file held at start (read by the
 	 * first welcome), and what was written last (tick thread only). */
@@ -364,8 +371,7 @@ static void *sync_main(void *arg)
 		cdp_log_info("agent: %s sync starts (volume %u, offset %" PRIu64 ")",
 			     kind == CDP_SYNC_FULL ? "full" : "incremental", vol, off);
 		cdp_splitter_stats(a->sp, &before);
-		rc = cdp_splitter_resync(a->sp, kind, vol, off, &a->stop, &a->sync_rate,
-					 &err);
+		rc = cdp_splitter_resync(a->sp, kind, vol, off, &a->stop, &a->caps, &err);
 		pthread_mutex_lock(&a->mu);
 		a->syncing = false;
 		if (rc && !atomic_load(&a->stop)) {
@@ -377,9 +383,12 @@ static void *sync_main(void *arg)
 		if (!rc) {
 			cdp_splitter_stats(a->sp, &after);
 			cdp_log_info("agent: sync done: %" PRIu64 " bytes sent, %" PRIu64
-				     " bytes as zero ranges",
+				     " bytes as zero ranges, %" PRIu64 " bytes read (%" PRIu64
+				     " with O_DIRECT)",
 				     after.resync_bytes - before.resync_bytes,
-				     after.resync_zero_bytes - before.resync_zero_bytes);
+				     after.resync_zero_bytes - before.resync_zero_bytes,
+				     after.resync_read_bytes - before.resync_read_bytes,
+				     after.resync_direct_bytes - before.resync_direct_bytes);
 		}
 	}
 	return NULL;
@@ -562,11 +571,18 @@ static void on_command(struct agent *a, const Cdp__V1__Command *c)
 		pthread_mutex_unlock(&a->mu);
 		break;
 	case CDP__V1__COMMAND__CMD_THROTTLE:
-		if (c->throttle) {
-			atomic_store(&a->sync_rate, c->throttle->net_bits_per_sec / 8);
-			cdp_log_info("agent: sync rate set to %" PRIu64 " bit/s by the journal server"
-				     "%s", c->throttle->net_bits_per_sec,
-				     c->throttle->net_bits_per_sec ? "" : " (unlimited)");
+		if (c->throttle && c->throttle->read_percent > 100) {
+			cdp_log_warn("agent: journal server's throttle: read_percent %" PRIu32
+				     " > 100; ignored", c->throttle->read_percent);
+		} else if (c->throttle) {
+			atomic_store(&a->caps.net_bps, c->throttle->net_bits_per_sec / 8);
+			atomic_store(&a->caps.read_percent, c->throttle->read_percent);
+			cdp_log_info("agent: sync caps set by the journal server: network %" PRIu64
+				     " bit/s%s, reads %" PRIu32 " %%%s",
+				     c->throttle->net_bits_per_sec,
+				     c->throttle->net_bits_per_sec ? "" : " (unlimited)",
+				     c->throttle->read_percent,
+				     c->throttle->read_percent ? "" : " (off)");
 		}
 		break;
 	case CDP__V1__COMMAND__CMD_FULL_SYNC:
@@ -1017,8 +1033,9 @@ static void agent_stop(struct agent *a)
 }
 
 /*
- * SIGHUP: reread the config; sync.rate applies at once, everything else at
- * the next start (the log says which keys changed and wait for it). A config
+ * SIGHUP: reread the config; sync.rate and sync.read_percent apply at once,
+ * everything else at the next start (the log says which keys changed and
+ * wait for it). A config
  * that does not parse is refused and the running one kept.
  */
 static void reload(struct agent *a, const char *config, unsigned flags, const char *const *sets,
@@ -1028,6 +1045,7 @@ static void reload(struct agent *a, const char *config, unsigned flags, const ch
 	struct cdp_err err = CDP_ERR_INIT;
 	const struct cdp_conf_option *diff = NULL;
 	uint64_t rate;
+	int64_t pct;
 	int rc = cdp_conf_load(&table, &nc, config, NULL, flags, &err);
 
 	for (unsigned i = 0; !rc && i < nsets; i++)
@@ -1038,12 +1056,17 @@ static void reload(struct agent *a, const char *config, unsigned flags, const ch
 		return;
 	}
 	rate = nc.sync_rate;
-	atomic_store(&a->sync_rate, rate / 8);
-	nc.sync_rate = a->cfg.sync_rate;	/* the one key applied now */
+	pct = nc.sync_read_percent;
+	atomic_store(&a->caps.net_bps, rate / 8);
+	atomic_store(&a->caps.read_percent, (unsigned)pct);
+	nc.sync_rate = a->cfg.sync_rate;	/* the keys applied now */
+	nc.sync_read_percent = a->cfg.sync_read_percent;
 	if (!cdp_conf_equal(&table, &a->cfg, &nc, &diff) && diff)
-		cdp_log_warn("cdp-agent: SIGHUP: %s.%s (at least) changed; only sync.rate applies "
-			     "now, the rest at the next start", diff->section, diff->name);
-	cdp_log_info("cdp-agent: SIGHUP: config reread; sync.rate is %" PRIu64 " bit/s", rate);
+		cdp_log_warn("cdp-agent: SIGHUP: %s.%s (at least) changed; only sync.rate and "
+			     "sync.read_percent apply now, the rest at the next start",
+			     diff->section, diff->name);
+	cdp_log_info("cdp-agent: SIGHUP: config reread; sync.rate is %" PRIu64 " bit/s, "
+		     "sync.read_percent %" PRId64, rate, pct);
 	cdp_conf_release(&table, &nc);
 }
 
@@ -1146,7 +1169,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	a.down_since = mono();
-	atomic_store(&a.sync_rate, a.cfg.sync_rate / 8);
+	atomic_store(&a.caps.net_bps, a.cfg.sync_rate / 8);
+	atomic_store(&a.caps.read_percent, (unsigned)a.cfg.sync_read_percent);
 	cdp_thread_start(&a.tick, "tick", tick_main, &a);
 	cdp_thread_start(&a.sync, "sync", sync_main, &a);
 	cdp_thread_start(&a.link, "link", link_main, &a);

@@ -16,6 +16,7 @@
  */
 #include "capture/splitter.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -33,6 +34,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "storage/io.h"
 
 #define SEAL_LEVEL_FAST (-5)	/* zstd level when the seal thread falls behind */
 #define SEAL_BACKLOG_FAST 2	/* segments waiting: go fast */
@@ -69,6 +71,8 @@ struct vol {
 	struct cdp_splitter *sp;
 	unsigned id;
 	int fd;
+	int sfd;			/* sync reads (sync thread; -1: none open) */
+	bool sdirect;			/* sfd is O_DIRECT, else buffered without readahead */
 	uint64_t size;
 	bool blockdev;
 	char name[64];
@@ -233,14 +237,11 @@ static void rl_release(struct vol *v, struct rl_node *n)
 	}
 }
 
-/* Blocking form for the sync reader. */
-static void rl_take_wait(struct vol *v, struct rl_node *n)
+/* Waits until @n (queued by rl_take()) is granted. */
+static void rl_wait_granted(struct vol *v, struct rl_node *n)
 {
 	struct cdp_splitter *sp = v->sp;
 
-	n->is_op = false;
-	if (rl_take(v, n))
-		return;
 	pthread_mutex_lock(&sp->rl_mu);
 	while (!n->granted)
 		pthread_cond_wait(&sp->rl_cond, &sp->rl_mu);
@@ -380,12 +381,13 @@ static int source_zero(struct vol *v, const struct cdp_io_req *req, bool trim)
 	return 0;
 }
 
-static int source_read(struct vol *v, void *buf, uint64_t off, uint32_t len)
+/* pread of @len bytes at @off, zeros past the end of a shorter file. */
+static int pread_zero_fill(int fd, void *buf, uint64_t off, uint32_t len)
 {
 	size_t done = 0;
 
 	while (done < len) {
-		ssize_t n = pread(v->fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -398,6 +400,11 @@ static int source_read(struct vol *v, void *buf, uint64_t off, uint32_t len)
 		done += (size_t)n;
 	}
 	return 0;
+}
+
+static int source_read(struct vol *v, void *buf, uint64_t off, uint32_t len)
+{
+	return pread_zero_fill(v->fd, buf, off, len);
 }
 
 static void answer(struct cdp_splitter *sp, struct op *op, int rc)
@@ -1034,47 +1041,115 @@ static bool all_zero(const uint8_t *p, size_t n)
 	return true;
 }
 
-/* One block run under the range lock: read, then a RESYNC record with its seq. */
-static int resync_run(struct cdp_splitter *sp, struct vol *v, uint64_t off, uint32_t len,
-		      uint8_t *buf, bool known_hole, bool advance_ckpt, struct cdp_err *err)
-{
-	struct rl_node n = { .off = off, .len = len };
-	struct cdp_record r = { .flags = CDP_REC_F_RESYNC };
-	int rc = 0;
+/*
+ * A sync keeps up to SYNC_QD chunks in flight, oldest first in a small ring
+ * of slots. Each chunk takes its range (the same range lock as the
+ * application's requests) before its read is started and keeps it until its
+ * RESYNC record is added: a write overlapping a chunk waits for it and
+ * becomes a record after it. Records are added in chunk order, so the
+ * checkpoint (offset after the last record) only moves past chunks that are
+ * all sent.
+ *
+ * The sync thread never waits while holding a chunk's range for something
+ * that may itself wait for that range: when a new chunk's range is not free
+ * (an earlier overlapping write, itself perhaps queued behind one of our
+ * chunks), when a cap says to pause, and when the cache has no room, the
+ * chunks in flight are finished first.
+ *
+ * Reads go through v->dfd (O_DIRECT: no page cache left behind, none of the
+ * application's evicted; coherent with its buffered writes, since the kernel
+ * writes dirty pages of the range back before a direct read) on a read queue
+ * (storage/io's cdp_io_rq, io_uring). Where O_DIRECT is refused, at open or
+ * at the first read, reads are buffered and followed by POSIX_FADV_DONTNEED.
+ */
+#define SYNC_QD 4			/* chunks in flight */
+#define SYNC_ALIGN 4096u		/* O_DIRECT buffer, offset and length */
+#define SYNC_PROBE (64ull << 20)	/* bytes read at full speed to measure the source */
+#define SYNC_PROBE_MIN (4ull << 20)	/* less data than this measures nothing */
+#define SYNC_NAP_MAX (100 * CDP_NS_PER_MS)	/* pacing sleeps between stop checks */
+#define PACER_CREDIT CDP_NS_PER_SEC	/* idle time a pacer may catch up on */
+/* Segments waiting for the sealer that a sync goes on with: the one being
+ * sealed, so that reads overlap sealing and the sealer stays at its normal
+ * level (2 waiting would make it go fast for CDP records too). */
+#define SYNC_SEAL_BACKLOG 1
 
-	rl_take_wait(v, &n);
-	if (!known_hole)
-		rc = source_read(v, buf, off, len);
-	if (rc) {
-		rl_release(v, &n);
-		return cdp_err_sys(err, rc, "resync: %s: read at %" PRIu64, v->name, off);
+struct sync_slot {
+	struct rl_node n;	/* the chunk's range: from before its read to its record */
+	struct vol *v;
+	uint64_t off;
+	uint32_t len;
+	bool hole;		/* SEEK_DATA said a hole: a ZERO record, no read */
+	bool dirty;		/* from the bitmap: its bits were cleared */
+	bool reading;		/* in the read queue, not reaped */
+	bool direct;		/* read through v->dfd */
+	long res;		/* the reaped read: bytes, or -errno */
+	uint8_t *buf;		/* SYNC_CHUNK bytes, SYNC_ALIGN-aligned */
+};
+
+/* One sync's state (the sync thread's alone). */
+struct sync {
+	struct cdp_splitter *sp;
+	const _Atomic bool *stop;
+	const struct cdp_sync_caps *caps;
+	struct cdp_io_rq *rq;
+	uint8_t *bufs;
+	struct sync_slot slot[SYNC_QD];
+	unsigned head, n;		/* in use: slot[(head + i) % SYNC_QD], oldest first */
+	struct cdp_splitter_pacer net, rd;
+	bool probed;			/* the read bandwidth was measured (or tried) */
+	uint64_t read_bps;		/* measured source read bandwidth (0: not yet) */
+};
+
+void cdp_splitter_pacer_add(struct cdp_splitter_pacer *p, uint64_t bytes)
+{
+	p->bytes += bytes;
+}
+
+void cdp_splitter_pacer_sub(struct cdp_splitter_pacer *p, uint64_t bytes)
+{
+	p->bytes -= CDP_MIN(bytes, p->bytes);
+}
+
+int64_t cdp_splitter_pacer_wait(struct cdp_splitter_pacer *p, uint64_t rate, int64_t now)
+{
+	int64_t due, at;
+
+	if (rate != p->rate) {	/* a new rate (or the first): a new window */
+		p->rate = rate;
+		p->t0 = now;
+		p->bytes = 0;
 	}
-	r.volume = v->id;
-	r.offset = off;
-	r.length = len;
-	if (known_hole || all_zero(buf, len)) {
-		r.kind = CDP_REC_ZERO;
-	} else {
-		r.kind = CDP_REC_WRITE;
-		r.payload = buf;
+	if (!rate)
+		return 0;
+	at = now - p->t0;
+	due = (int64_t)((unsigned __int128)p->bytes * CDP_NS_PER_SEC / rate);
+	if (due > at)
+		return due - at;
+	if (at - due > PACER_CREDIT) {	/* idle for long: no burst to catch up */
+		p->t0 = now;
+		p->bytes = 0;
 	}
-	pthread_mutex_lock(&sp->mu);
-	if (sp->mode != CDP_SPLIT_CONTINUOUS) {
-		rc = cdp_err_set(err, -ECANCELED, "resync: the plan went incremental");
-	} else {
-		rc = add_record_locked(sp, &r, err);
-		if (!rc && r.kind == CDP_REC_WRITE)
-			sp->st.resync_bytes += len;
-		else if (!rc)
-			sp->st.resync_zero_bytes += len;
-		if (!rc && sp->have_ckpt && advance_ckpt) {
-			sp->ckpt_volume = v->id;
-			sp->ckpt_offset = off + len;
-		}
-	}
-	pthread_mutex_unlock(&sp->mu);
-	rl_release(v, &n);
-	return rc;
+	return 0;
+}
+
+uint64_t cdp_splitter_read_bandwidth(uint64_t bytes, int64_t busy_ns)
+{
+	if (busy_ns <= 0)
+		return 0;
+	return (uint64_t)((unsigned __int128)bytes * CDP_NS_PER_SEC / (uint64_t)busy_ns);
+}
+
+uint64_t cdp_splitter_read_cap(uint64_t measured_bps, unsigned percent)
+{
+	if (!percent || percent >= 100)
+		return percent ? measured_bps : 0;
+	return (uint64_t)((unsigned __int128)measured_bps * percent / 100);
+}
+
+/* Real time: pacing sleeps for real, and reads take real time. */
+static int64_t sync_now(void)
+{
+	return cdp_clock_mono_ns(cdp_clock_real());
 }
 
 static int sync_marker(struct cdp_splitter *sp, uint16_t kind, const struct cdp_sync_info *si,
@@ -1096,11 +1171,15 @@ static int sync_marker(struct cdp_splitter *sp, uint16_t kind, const struct cdp_
 
 #define SYNC_ROOM_POLL (100 * CDP_NS_PER_MS)
 
-/* Whether nothing waits for the seal thread (a sync's records are all in the cache). */
-static bool seal_idle(struct cdp_splitter *sp)
+/*
+ * Whether at most SYNC_SEAL_BACKLOG segments wait for the seal thread
+ * (waiting up to SYNC_ROOM_POLL for it): the sealer always has the next
+ * segment while the sync fills one more, and never a queue of them.
+ */
+static bool seal_room(struct cdp_splitter *sp)
 {
 	struct timespec until;
-	bool idle;
+	bool room;
 
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_nsec += SYNC_ROOM_POLL;
@@ -1109,25 +1188,48 @@ static bool seal_idle(struct cdp_splitter *sp)
 		until.tv_nsec -= CDP_NS_PER_SEC;
 	}
 	pthread_mutex_lock(&sp->seal_mu);
-	if (sp->seal_backlog)
+	if (sp->seal_backlog > SYNC_SEAL_BACKLOG)
 		pthread_cond_timedwait(&sp->seal_cond, &sp->seal_mu, &until);
-	idle = !sp->seal_backlog;
+	room = sp->seal_backlog <= SYNC_SEAL_BACKLOG;
 	pthread_mutex_unlock(&sp->seal_mu);
-	return idle;
+	return room;
+}
+
+/* The cache fill a sync stops at: room for the open segment, one more and the chunks in flight. */
+static uint64_t sync_cache_limit(struct cdp_splitter *sp)
+{
+	uint64_t max = cdp_cache_max_bytes(sp->o.cache);
+	uint64_t keep = 2ull * CDP_SEG_MAX_RAW + (uint64_t)SYNC_QD * SYNC_CHUNK;
+
+	return max > 2 * keep ? max - keep : max / 2;
 }
 
 /*
- * Waits for cache room for sync records: nothing waiting to be sealed, and
- * the cache short of its bound by the open segment and one more; gives up
- * when stopped or no longer continuous.
+ * Room for more sync records without waiting: at most the segment being
+ * sealed (the sync's reads overlap its sealing, never a queue of them), and
+ * the cache under its limit.
+ */
+static bool sync_room_now(struct cdp_splitter *sp)
+{
+	unsigned backlog;
+
+	pthread_mutex_lock(&sp->seal_mu);
+	backlog = sp->seal_backlog;
+	pthread_mutex_unlock(&sp->seal_mu);
+	return backlog <= SYNC_SEAL_BACKLOG &&
+	       cdp_cache_wait_room(sp->o.cache, sync_cache_limit(sp), 0);
+}
+
+/*
+ * Waits for room for sync records: see seal_room(), and the cache under
+ * sync_cache_limit(); gives up when stopped or no longer continuous. Called
+ * with no chunk in flight.
  */
 static int sync_room(struct cdp_splitter *sp, const _Atomic bool *stop, struct cdp_err *err)
 {
-	uint64_t max = cdp_cache_max_bytes(sp->o.cache);
-	uint64_t keep = 2ull * CDP_SEG_MAX_RAW;
-	uint64_t limit = max > 2 * keep ? max - keep : max / 2;
+	uint64_t limit = sync_cache_limit(sp);
 
-	while (!seal_idle(sp) || !cdp_cache_wait_room(sp->o.cache, limit, SYNC_ROOM_POLL)) {
+	while (!seal_room(sp) || !cdp_cache_wait_room(sp->o.cache, limit, SYNC_ROOM_POLL)) {
 		if (stop && atomic_load(stop))
 			return cdp_err_set(err, -ECANCELED, "resync: stopped");
 		if (cdp_splitter_mode(sp) != CDP_SPLIT_CONTINUOUS)
@@ -1136,21 +1238,11 @@ static int sync_room(struct cdp_splitter *sp, const _Atomic bool *stop, struct c
 	return 0;
 }
 
-/* Pacing: sleeps so that @bytes since @t0 stay under @rate (a throttle, not a wait for state). */
-static void pace(int64_t t0, uint64_t bytes, uint64_t rate)
+/* A pacing sleep (a throttle, not a wait for state: nothing to poll for). */
+static void nap(int64_t ns)
 {
-	struct timespec now, ts;
-	int64_t due, at;
+	struct timespec ts = { .tv_sec = ns / CDP_NS_PER_SEC, .tv_nsec = ns % CDP_NS_PER_SEC };
 
-	if (!rate)
-		return;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	at = now.tv_sec * CDP_NS_PER_SEC + now.tv_nsec - t0;
-	due = (int64_t)((double)bytes / (double)rate * 1e9);
-	if (due <= at)
-		return;
-	ts.tv_sec = (due - at) / CDP_NS_PER_SEC;
-	ts.tv_nsec = (due - at) % CDP_NS_PER_SEC;
 	nanosleep(&ts, NULL);
 }
 
@@ -1189,24 +1281,361 @@ static bool next_run(struct cdp_splitter *sp, struct vol *v, bool dirty_walk, ui
 	return true;
 }
 
-int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_volume,
-			uint64_t from_offset, const _Atomic bool *stop,
-			const _Atomic uint64_t *rate_bps,
-			struct cdp_err *err)
+/* Dirty blocks whose bits were cleared but whose record never went out. */
+static void redirty(struct cdp_splitter *sp, struct vol *v, uint64_t off, uint64_t len)
 {
-	struct cdp_sync_info si = { .kind = kind };
-	uint8_t *buf = cdp_xaligned_alloc(4096, SYNC_CHUNK);
-	struct timespec t0s;
-	uint64_t bytes = 0;
-	int64_t t0;
+	pthread_mutex_lock(&sp->mu);
+	cdp_dirtymap_set(sp->o.dm, v->id, off, len);
+	pthread_mutex_unlock(&sp->mu);
+}
+
+static int sync_read_start(struct sync *s, unsigned i)
+{
+	struct sync_slot *sl = &s->slot[i];
+	struct vol *v = sl->v;
+	uint32_t len = sl->len;
+	int fd = v->sfd, rc;
+
+	/* A full sync's chunks start aligned; a hole's end or a dirty run may not. */
+	sl->direct = v->sdirect && !(sl->off % SYNC_ALIGN);
+	if (sl->direct)
+		len = CDP_ALIGN_UP(len, SYNC_ALIGN);	/* <= SYNC_CHUNK; the rest unused */
+	else if (v->sdirect)
+		fd = v->fd;	/* unaligned: buffered, dropped after */
+	rc = cdp_io_rq_read(s->rq, fd, sl->buf, len, sl->off, i);
+	if (rc)
+		return rc;
+	sl->reading = true;
+	cdp_splitter_pacer_add(&s->rd, sl->len);
+	/* Counted as payload now, so that the chunks in flight count too; a
+	 * chunk that turns out all zero is given back (a ZERO record). */
+	cdp_splitter_pacer_add(&s->net, sl->len);
+	return 0;
+}
+
+/* Reaps completions until slot @i's read is done. */
+static int sync_reap(struct sync *s, unsigned i)
+{
+	while (s->slot[i].reading) {
+		uint64_t tag;
+		long res;
+		int rc = cdp_io_rq_wait(s->rq, &tag, &res);
+
+		if (rc)
+			return rc;
+		assert(tag < SYNC_QD && s->slot[tag].reading);
+		s->slot[tag].res = res;
+		s->slot[tag].reading = false;
+	}
+	return 0;
+}
+
+/*
+ * Measures the source's read bandwidth (no chunk in flight): up to SYNC_PROBE
+ * bytes of @v's data from @off on (holes skipped: they cost the disk
+ * nothing), read the way the sync reads (same fd, 1 MiB, queue depth
+ * SYNC_QD) and thrown away: no record, no range lock, nothing else done
+ * meanwhile. Bandwidth = bytes over the time from the first read started to
+ * the last completed. Less than SYNC_PROBE_MIN of data keeps an earlier
+ * sync's figure, if any.
+ */
+static void sync_probe(struct sync *s, struct vol *v, uint64_t off)
+{
+	struct cdp_splitter *sp = s->sp;
+	uint64_t started = 0, bytes = 0, next = off;
+	unsigned inflight = 0, freemask = (1u << SYNC_QD) - 1;
+	uint32_t len[SYNC_QD];
+	uint64_t at[SYNC_QD];
+	bool more = true;
+	int64_t t0 = sync_now(), t;
+
+	s->probed = true;
+	while (more || inflight) {
+		uint64_t tag, doff, dlen;
+		long res;
+		bool hole;
+
+		while (more && inflight < SYNC_QD) {
+			unsigned i = (unsigned)__builtin_ctz(freemask);
+
+			more = started < SYNC_PROBE && next_run(sp, v, false, next, &doff, &dlen,
+								   &hole);
+			if (!more)
+				break;
+			next = doff + dlen;
+			if (hole || (v->sdirect && doff % SYNC_ALIGN))
+				continue;
+			len[i] = (uint32_t)dlen;
+			if (v->sdirect)
+				len[i] = CDP_ALIGN_UP(len[i], SYNC_ALIGN);
+			at[i] = doff;
+			if (cdp_io_rq_read(s->rq, v->sfd, s->slot[i].buf, len[i], doff, i)) {
+				more = false;
+				break;
+			}
+			freemask &= ~(1u << i);
+			inflight++;
+			started += dlen;
+		}
+		if (!inflight || cdp_io_rq_wait(s->rq, &tag, &res))
+			break;
+		inflight--;
+		freemask |= 1u << tag;
+		if (res > 0)
+			bytes += (uint64_t)res;
+		if (!v->sdirect)
+			posix_fadvise(v->sfd, (off_t)at[tag], len[tag], POSIX_FADV_DONTNEED);
+	}
+	t = sync_now() - t0;
+	if (bytes >= SYNC_PROBE_MIN)
+		s->read_bps = cdp_splitter_read_bandwidth(bytes, t);
+	pthread_mutex_lock(&sp->mu);
+	if (s->read_bps)
+		sp->st.resync_read_bps = s->read_bps;
+	else
+		s->read_bps = sp->st.resync_read_bps;	/* an earlier sync's, or none */
+	pthread_mutex_unlock(&sp->mu);
+	if (bytes >= SYNC_PROBE_MIN)
+		cdp_log_info("splitter: %s: sync reads %.1f MB/s from the source (%" PRIu64
+			     " MiB in %.3f s at queue depth %d, %s%s); read cap %u %% of it",
+			     v->name, (double)s->read_bps / 1e6, bytes >> 20, (double)t / 1e9,
+			     SYNC_QD, v->sdirect ? "O_DIRECT" : "buffered",
+			     cdp_io_rq_async(s->rq) ? ", io_uring" : "",
+			     s->caps ? atomic_load(&s->caps->read_percent) : 0);
+}
+
+/* Completes slot @sl's read: short or refused O_DIRECT reads end buffered. */
+static int sync_read_finish(struct sync *s, struct sync_slot *sl, struct cdp_err *err)
+{
+	struct cdp_splitter *sp = s->sp;
+	struct vol *v = sl->v;
+	long res = sl->res;
+	uint32_t got;
 	int rc;
 
-	clock_gettime(CLOCK_MONOTONIC, &t0s);
-	t0 = t0s.tv_sec * CDP_NS_PER_SEC + t0s.tv_nsec;
+	if (res == -EINVAL && sl->direct) {
+		/* The filesystem or device wants something else: buffered from now on. */
+		int fd = open(sp->o.paths[v->id], O_RDONLY | O_CLOEXEC);
+
+		if (v->sdirect && fd >= 0) {
+			cdp_log_warn("splitter: %s: O_DIRECT read at %" PRIu64 " refused; sync "
+				     "reads are buffered from now on", v->name, sl->off);
+			posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+			close(v->sfd);
+			v->sfd = fd;
+			v->sdirect = false;
+		} else if (fd >= 0) {
+			close(fd);
+		}
+		sl->direct = false;
+		res = 0;
+	}
+	if (res == -EINTR || res == -EAGAIN)
+		res = 0;
+	if (res < 0)
+		return cdp_err_sys(err, (int)res, "resync: %s: read at %" PRIu64, v->name, sl->off);
+	got = (uint64_t)res >= sl->len ? sl->len : (uint32_t)res;
+	if (got < sl->len) {	/* cut short (or EOF: zeros): the rest buffered */
+		rc = pread_zero_fill(v->sdirect ? v->fd : v->sfd, sl->buf + got, sl->off + got,
+				     sl->len - got);
+		if (rc)
+			return cdp_err_sys(err, rc, "resync: %s: read at %" PRIu64, v->name,
+					   sl->off + got);
+	}
+	pthread_mutex_lock(&sp->mu);
+	sp->st.resync_read_bytes += sl->len;
+	if (sl->direct)
+		sp->st.resync_direct_bytes += got;
+	pthread_mutex_unlock(&sp->mu);
+	if (!sl->direct || got < sl->len)
+		posix_fadvise(v->fd, (off_t)sl->off, sl->len, POSIX_FADV_DONTNEED);
+	return 0;
+}
+
+/*
+ * Finishes the oldest chunk: its read, its RESYNC record (unless @rc says the
+ * sync already failed), its range. Returns @rc or the first error.
+ */
+static int sync_finish(struct sync *s, int rc, struct cdp_err *err)
+{
+	struct cdp_splitter *sp = s->sp;
+	struct sync_slot *sl = &s->slot[s->head];
+	struct vol *v = sl->v;
+	struct cdp_record r = { .flags = CDP_REC_F_RESYNC };
+	int qrc = sync_reap(s, s->head);
+
+	assert(s->n);
+	if (!rc && qrc)
+		rc = cdp_err_sys(err, qrc, "resync: %s: read queue", v->name);
+	if (!rc && !sl->hole)
+		rc = sync_read_finish(s, sl, err);
+	if (!rc) {
+		r.volume = v->id;
+		r.offset = sl->off;
+		r.length = sl->len;
+		if (sl->hole || all_zero(sl->buf, sl->len)) {
+			r.kind = CDP_REC_ZERO;
+		} else {
+			r.kind = CDP_REC_WRITE;
+			r.payload = sl->buf;
+		}
+		pthread_mutex_lock(&sp->mu);
+		if (sp->mode != CDP_SPLIT_CONTINUOUS) {
+			rc = cdp_err_set(err, -ECANCELED, "resync: the plan went incremental");
+		} else {
+			rc = add_record_locked(sp, &r, err);
+			if (!rc && r.kind == CDP_REC_WRITE)
+				sp->st.resync_bytes += sl->len;
+			else if (!rc)
+				sp->st.resync_zero_bytes += sl->len;
+			if (!rc && sp->have_ckpt && !sl->dirty) {
+				sp->ckpt_volume = v->id;
+				sp->ckpt_offset = sl->off + sl->len;
+			}
+		}
+		pthread_mutex_unlock(&sp->mu);
+		if (!sl->hole && r.kind == CDP_REC_ZERO)
+			cdp_splitter_pacer_sub(&s->net, sl->len);
+	}
+	if (rc && sl->dirty)
+		redirty(sp, v, sl->off, sl->len);
+	rl_release(v, &sl->n);
+	s->head = (s->head + 1) % SYNC_QD;
+	s->n--;
+	return rc;
+}
+
+static int sync_drain(struct sync *s, int rc, struct cdp_err *err)
+{
+	while (s->n)
+		rc = sync_finish(s, rc, err);
+	return rc;
+}
+
+static bool sync_stopped(struct sync *s)
+{
+	return s->stop && atomic_load(s->stop);
+}
+
+/*
+ * Before a read: the caps (network: RESYNC payload; source: bytes read, at a
+ * share of the bandwidth measured when the read cap is first on, at
+ * @v/@off), then room in the cache. Sleeps and waits only with no chunk in
+ * flight.
+ */
+static int sync_throttle(struct sync *s, struct vol *v, uint64_t off, struct cdp_err *err)
+{
+	int rc;
+
+	if (!s->probed && s->caps && atomic_load(&s->caps->read_percent)) {
+		/* The read cap needs the source's bandwidth: measured once it is on. */
+		rc = sync_drain(s, 0, err);
+		if (rc)
+			return rc;
+		sync_probe(s, v, off);
+	}
+
+	for (;;) {
+		uint64_t net = s->caps ? atomic_load(&s->caps->net_bps) : 0;
+		unsigned pct = s->caps ? atomic_load(&s->caps->read_percent) : 0;
+		uint64_t rcap = cdp_splitter_read_cap(s->read_bps, pct);
+		int64_t now = sync_now();
+		int64_t wnet = cdp_splitter_pacer_wait(&s->net, net, now);
+		int64_t wrd = cdp_splitter_pacer_wait(&s->rd, rcap, now);
+		int64_t wait = CDP_MAX(wnet, wrd);
+
+		if (wait <= 0)
+			break;
+		if (s->n) {
+			rc = sync_drain(s, 0, err);
+			if (rc)
+				return rc;
+			continue;	/* that took time: ask again */
+		}
+		if (sync_stopped(s))
+			return cdp_err_set(err, -ECANCELED, "resync: stopped");
+		nap(CDP_MIN(wait, SYNC_NAP_MAX));
+	}
+	if (sync_room_now(s->sp))
+		return 0;
+	rc = sync_drain(s, 0, err);
+	return rc ? rc : sync_room(s->sp, s->stop, err);
+}
+
+/*
+ * One run of the sync: throttled, into a slot, its range taken, its read
+ * started. On failure the run's dirty bits are set again (by sync_finish()
+ * once it has a slot).
+ */
+static int sync_step(struct sync *s, struct vol *v, uint64_t off, uint32_t len, bool hole,
+		     bool dirty, struct cdp_err *err)
+{
+	struct sync_slot *sl;
+	unsigned i;
+	int rc = 0;
+
+	if (sync_stopped(s))
+		rc = cdp_err_set(err, -ECANCELED, "resync: stopped");
+	/* Sync records never crowd out CDP records: see sync_room(). */
+	if (!rc && !hole)
+		rc = sync_throttle(s, v, off, err);
+	if (!rc && s->n == SYNC_QD)
+		rc = sync_finish(s, 0, err);
+	if (rc) {
+		if (dirty)
+			redirty(s->sp, v, off, len);
+		return rc;
+	}
+	i = (s->head + s->n++) % SYNC_QD;
+	sl = &s->slot[i];
+	sl->v = v;
+	sl->off = off;
+	sl->len = len;
+	sl->hole = hole;
+	sl->dirty = dirty;
+	sl->reading = sl->direct = false;
+	sl->res = 0;
+	memset(&sl->n, 0, sizeof(sl->n));
+	sl->n.off = off;
+	sl->n.len = len;
+	sl->n.is_op = false;
+	if (!rl_take(v, &sl->n)) {
+		pthread_mutex_lock(&s->sp->mu);
+		s->sp->st.resync_range_waits++;
+		pthread_mutex_unlock(&s->sp->mu);
+		/* What we wait for may wait for one of our chunks: finish those first. */
+		while (s->n > 1)
+			rc = sync_finish(s, rc, err);
+		rl_wait_granted(v, &sl->n);
+		if (rc)
+			return rc;	/* the caller's drain releases it */
+	}
+	if (hole) {
+		/* A write in flight when SEEK_DATA looked may have filled it since. */
+		off_t data = lseek(v->fd, (off_t)off, SEEK_DATA);
+
+		if (data >= 0 && (uint64_t)data < off + len)
+			hole = sl->hole = false;
+	}
+	if (!hole) {
+		rc = sync_read_start(s, i);
+		if (rc)
+			return cdp_err_sys(err, rc, "resync: %s: read at %" PRIu64, v->name, off);
+	}
+	return 0;
+}
+
+int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_volume,
+			uint64_t from_offset, const _Atomic bool *stop,
+			const struct cdp_sync_caps *caps, struct cdp_err *err)
+{
+	struct cdp_sync_info si = { .kind = kind };
+	struct sync s = { .sp = sp, .stop = stop, .caps = caps };
+	int rc;
+
 	pthread_mutex_lock(&sp->mu);
 	if (!sp->enc || !sp->anchored) {
 		pthread_mutex_unlock(&sp->mu);
-		free(buf);
 		return cdp_err_set(err, -EAGAIN, "resync: the chain is not anchored on the "
 				   "journal's yet (waiting for a welcome)");
 	}
@@ -1217,6 +1646,10 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 	sp->ckpt_volume = from_volume;
 	sp->ckpt_offset = from_offset;
 	pthread_mutex_unlock(&sp->mu);
+	s.rq = cdp_io_rq_new(SYNC_QD);
+	s.bufs = cdp_xaligned_alloc(SYNC_ALIGN, (size_t)SYNC_QD * SYNC_CHUNK);
+	for (unsigned i = 0; i < SYNC_QD; i++)
+		s.slot[i].buf = s.bufs + (size_t)i * SYNC_CHUNK;
 	rc = sync_marker(sp, CDP_REC_SYNC_BEGIN, &si, err);
 	/*
 	 * A full sync reads every volume from the checkpoint on, then (pass 1)
@@ -1232,31 +1665,12 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 			bool hole;
 
 			while (!rc && next_run(sp, v, pass, off, &doff, &dlen, &hole)) {
-				if (stop && atomic_load(stop)) {
-					rc = cdp_err_set(err, -ECANCELED, "resync: stopped");
-					break;
-				}
-				/* Sync records never crowd out CDP records: leave the
-				 * open segment and one being sealed room in the cache. */
-				if (!hole)
-					rc = sync_room(sp, stop, err);
-				if (!rc)
-					rc = resync_run(sp, v, doff, (uint32_t)dlen, buf, hole, !pass,
-							err);
-				if (rc && pass) {
-					/* Its bits were cleared but no record went out. */
-					pthread_mutex_lock(&sp->mu);
-					cdp_dirtymap_set(sp->o.dm, v->id, doff, dlen);
-					pthread_mutex_unlock(&sp->mu);
-				}
-				if (!rc && !hole) {
-					bytes += dlen;
-					pace(t0, bytes, rate_bps ? atomic_load(rate_bps) : 0);
-				}
+				rc = sync_step(&s, v, doff, (uint32_t)dlen, hole, pass, err);
 				off = doff + dlen;
 			}
 		}
 	}
+	rc = sync_drain(&s, rc, err);
 	if (!rc)
 		rc = sync_marker(sp, CDP_REC_SYNC_END, &si, err);
 	pthread_mutex_lock(&sp->mu);
@@ -1268,7 +1682,8 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 	cut_locked(sp, false, 0);
 	sp->have_ckpt = false;
 	pthread_mutex_unlock(&sp->mu);
-	free(buf);
+	cdp_io_rq_free(s.rq);
+	free(s.bufs);
 	return rc;
 }
 
@@ -1337,6 +1752,22 @@ static int vol_open(struct cdp_splitter *sp, struct vol *v, unsigned i, struct c
 		return cdp_err_set(err, -EINVAL, "volume %s: size %" PRIu64 " of %s is not a "
 				   "positive multiple of %u", v->name, v->size, sp->o.paths[i],
 				   CDP_SECTOR);
+	if (!sp->o.sync_buffered) {
+		v->sfd = open(sp->o.paths[i], O_RDONLY | O_DIRECT | O_CLOEXEC);
+		v->sdirect = v->sfd >= 0;
+		if (v->sfd < 0)
+			cdp_log_info("splitter: volume %s: O_DIRECT refused (%s); sync reads are "
+				     "buffered, their pages dropped after each chunk", v->name,
+				     strerror(errno));
+	}
+	if (v->sfd < 0) {
+		v->sfd = open(sp->o.paths[i], O_RDONLY | O_CLOEXEC);
+		if (v->sfd < 0)
+			return cdp_err_sys(err, -errno, "volume %s: open %s", v->name,
+					   sp->o.paths[i]);
+		/* No readahead: pages past a chunk would outlive its DONTNEED. */
+		posix_fadvise(v->sfd, 0, 0, POSIX_FADV_RANDOM);
+	}
 	v->exp.name = v->name;
 	v->exp.size = v->size;
 	v->exp.min_block = CDP_SECTOR;
@@ -1374,13 +1805,16 @@ int cdp_splitter_open(const struct cdp_splitter_opts *o, struct cdp_splitter **o
 	sp->nvol = o->nvolumes;
 	sp->vols = cdp_xcalloc(sp->nvol, sizeof(*sp->vols));
 	for (unsigned i = 0; i < sp->nvol; i++)
-		sp->vols[i].fd = -1;
+		sp->vols[i].fd = sp->vols[i].sfd = -1;
 	for (unsigned i = 0; i < sp->nvol && !rc; i++)
 		rc = vol_open(sp, &sp->vols[i], i, err);
 	if (rc) {
-		for (unsigned i = 0; i < sp->nvol; i++)
+		for (unsigned i = 0; i < sp->nvol; i++) {
 			if (sp->vols[i].fd >= 0)
 				close(sp->vols[i].fd);
+			if (sp->vols[i].sfd >= 0)
+				close(sp->vols[i].sfd);
+		}
 		free(sp->vols);
 		free(sp);
 		return rc;
@@ -1428,8 +1862,11 @@ void cdp_splitter_close(struct cdp_splitter *sp)
 	for (unsigned i = 0; i < sp->nfree_enc; i++)
 		cdp_seg_enc_free(sp->free_enc[i]);
 	cdp_seg_enc_free(sp->enc);
-	for (unsigned i = 0; i < sp->nvol; i++)
+	for (unsigned i = 0; i < sp->nvol; i++) {
 		close(sp->vols[i].fd);
+		if (sp->vols[i].sfd >= 0)
+			close(sp->vols[i].sfd);
+	}
 	free(sp->vols);
 	free(sp->workers);
 	pthread_cond_destroy(&sp->seal_cond);

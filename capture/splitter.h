@@ -67,6 +67,8 @@ struct cdp_splitter_opts {
 	/* Test seam: called on the I/O thread just before a change reaches the
 	 * source (the range is held). NULL in the daemon. */
 	void (*before_source_write)(void *arg, unsigned volume, const struct cdp_io_req *req);
+	/* Test seam: sync reads buffered, as where O_DIRECT is refused. */
+	bool sync_buffered;
 };
 
 enum cdp_split_mode { CDP_SPLIT_INCREMENTAL, CDP_SPLIT_CONTINUOUS };
@@ -104,6 +106,18 @@ int cdp_splitter_go_incremental(struct cdp_splitter *sp, const char *why, struct
 enum cdp_split_mode cdp_splitter_mode(struct cdp_splitter *sp);
 
 /*
+ * The caps of a sync; any thread may change them while it runs (read before
+ * each chunk).
+ */
+struct cdp_sync_caps {
+	/* bytes/s of RESYNC WRITE payload (ZERO records count nothing); 0: unlimited */
+	_Atomic uint64_t net_bps;
+	/* percent of the source's read bandwidth, measured by a probe of up to
+	 * 64 MiB of data when the cap is first on in a sync; 0: off */
+	_Atomic unsigned read_percent;
+};
+
+/*
  * Needs the chain anchored: after cdp_splitter_go_incremental() (which may
  * drop segments the journal never receives), only a cdp_splitter_continue()
  * from the journal's head re-anchors it; until then -EAGAIN.
@@ -113,13 +127,36 @@ enum cdp_split_mode cdp_splitter_mode(struct cdp_splitter *sp);
  * @from_offset)). Switches to CONTINUOUS first (writes during the resync are
  * records after the blocks they overwrite). Blocking: call from a sync
  * thread. Stops early with -ECANCELED when @stop becomes true or the mode
- * goes back to INCREMENTAL. *@rate_bps caps the bytes read per second (NULL or 0 =
- * unlimited).
+ * goes back to INCREMENTAL.
+ *
+ * Reads 1 MiB chunks with O_DIRECT (buffered plus POSIX_FADV_DONTNEED where
+ * refused), up to 4 in flight, each under its range lock until its record is
+ * added. Paced by @caps (borrowed; NULL: unlimited): the stricter of the two
+ * caps wins. The records never crowd CDP records out of the cache.
  */
 int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_volume,
 			uint64_t from_offset, const _Atomic bool *stop,
-			const _Atomic uint64_t *rate_bps,
-			struct cdp_err *err);
+			const struct cdp_sync_caps *caps, struct cdp_err *err);
+
+/*
+ * Pacing arithmetic (pure; the sync reads the clock and sleeps). A pacer
+ * counts bytes since the start of its window; the window restarts when the
+ * rate changes, and after more than 1 s idle (no burst to catch up).
+ */
+struct cdp_splitter_pacer {
+	uint64_t rate;		/* bytes/s the window was started with */
+	int64_t t0;		/* mono ns, the window's start */
+	uint64_t bytes;		/* since t0 */
+};
+void cdp_splitter_pacer_add(struct cdp_splitter_pacer *p, uint64_t bytes);
+/* Gives @bytes back (counted but not sent); never below the window's start. */
+void cdp_splitter_pacer_sub(struct cdp_splitter_pacer *p, uint64_t bytes);
+/* ns to wait at @now (mono ns) before more bytes may go at @rate (bytes/s; 0: none). */
+int64_t cdp_splitter_pacer_wait(struct cdp_splitter_pacer *p, uint64_t rate, int64_t now);
+/* bytes/s of @bytes read in @busy_ns (0 when @busy_ns <= 0: not measurable). */
+uint64_t cdp_splitter_read_bandwidth(uint64_t bytes, int64_t busy_ns);
+/* The read cap, bytes/s, for @percent (0: off) of @measured_bps (0: not measured: off). */
+uint64_t cdp_splitter_read_cap(uint64_t measured_bps, unsigned percent);
 
 /* Point interval: cuts the open segment (POINT_END, or a heartbeat) when due. */
 void cdp_splitter_tick(struct cdp_splitter *sp);
@@ -138,8 +175,12 @@ struct cdp_splitter_stats {
 	uint64_t records, segments, heartbeats;
 	uint64_t resync_bytes;		/* RESYNC WRITE payload sent */
 	uint64_t resync_zero_bytes;	/* covered by RESYNC ZERO records */
+	uint64_t resync_read_bytes;	/* read from the sources by syncs */
+	uint64_t resync_direct_bytes;	/* of which with O_DIRECT */
+	uint64_t resync_read_bps;	/* the last sync's measured source read bandwidth */
 	uint64_t source_errors;
 	uint64_t range_waits;		/* requests that waited for an overlap */
+	uint64_t resync_range_waits;	/* sync chunks that waited for an overlapping write */
 	unsigned seal_backlog;
 };
 void cdp_splitter_stats(struct cdp_splitter *sp, struct cdp_splitter_stats *st);

@@ -27,6 +27,9 @@
  * calls fall back to pwrite/fdatasync loops - silently: only return values
  * report anything. cdp_io_plain() is that fallback as a table of its own.
  *
+ * The agent's sync reads go through a cdp_io_rq: a small ring of its own,
+ * reads only, completions reaped one at a time in any order.
+ *
  * Everything else is a plain syscall returning -errno, with O_CLOEXEC added
  * to every open and EINTR retried where retrying is safe (never for fsync).
  * Only this file includes liburing.h.
@@ -513,6 +516,110 @@ const struct cdp_io *cdp_io_real(void)
 const struct cdp_io *cdp_io_plain(void)
 {
 	return &plain_io;
+}
+
+/* ---- reads in flight ------------------------------------------------ */
+
+struct rq_done {
+	uint64_t tag;
+	long res;
+};
+
+struct cdp_io_rq {
+	struct io_uring ring;
+	bool uring;		/* else the fallback: reads done at submit */
+	unsigned depth;
+	unsigned inflight;	/* started, completion not yet reaped */
+	struct rq_done *done;	/* fallback: completions waiting, FIFO */
+	unsigned ndone;
+};
+
+struct cdp_io_rq *cdp_io_rq_new(unsigned depth)
+{
+	struct cdp_io_rq *q = cdp_xcalloc(1, sizeof(*q));
+
+	q->depth = depth ? depth : 1;
+	q->done = cdp_xcalloc(q->depth, sizeof(*q->done));
+	if (!atomic_load_explicit(&uring_off, memory_order_relaxed) &&
+	    io_uring_queue_init(q->depth, &q->ring, 0) == 0)
+		q->uring = true;
+	return q;
+}
+
+void cdp_io_rq_free(struct cdp_io_rq *q)
+{
+	if (!q)
+		return;
+	assert(!q->inflight);
+	if (q->uring)
+		io_uring_queue_exit(&q->ring);
+	free(q->done);
+	free(q);
+}
+
+bool cdp_io_rq_async(const struct cdp_io_rq *q)
+{
+	return q->uring;
+}
+
+int cdp_io_rq_read(struct cdp_io_rq *q, int fd, void *buf, size_t len, uint64_t off,
+		   uint64_t tag)
+{
+	struct io_uring_sqe *sqe;
+	long n;
+	int rc;
+
+	if (q->inflight >= q->depth)
+		return -EBUSY;
+	if (len > UINT_MAX || off > (uint64_t)INT64_MAX)
+		return -EINVAL;
+	if (!q->uring) {
+		do
+			n = pread(fd, buf, len, (off_t)off);
+		while (n < 0 && errno == EINTR);
+		q->done[q->ndone].tag = tag;
+		q->done[q->ndone++].res = n < 0 ? -errno : n;
+		q->inflight++;
+		return 0;
+	}
+	sqe = io_uring_get_sqe(&q->ring);
+	if (!sqe)		/* inflight < depth = SQ entries: cannot happen */
+		return -EBUSY;
+	io_uring_prep_read(sqe, fd, buf, (unsigned)len, off);
+	io_uring_sqe_set_data64(sqe, tag);
+	do
+		rc = io_uring_submit(&q->ring);
+	while (rc == -EINTR);
+	if (rc < 0)
+		return rc;
+	q->inflight++;
+	return 0;
+}
+
+int cdp_io_rq_wait(struct cdp_io_rq *q, uint64_t *tag, long *res)
+{
+	struct io_uring_cqe *cqe;
+	int rc;
+
+	if (!q->inflight)
+		return -ENOENT;
+	if (!q->uring) {
+		*tag = q->done[0].tag;
+		*res = q->done[0].res;
+		memmove(q->done, q->done + 1, --q->ndone * sizeof(*q->done));
+		q->inflight--;
+		return 0;
+	}
+	do
+		rc = io_uring_wait_cqe(&q->ring, &cqe);
+	while (rc == -EINTR);
+	if (rc < 0)
+		return rc;
+	*tag = io_uring_cqe_get_data64(cqe);
+	*res = cqe->res;
+	io_uring_cqe_seen(&q->ring, cqe);
+	q->inflight--;
+	return 0;
 }
 
 /* ---- files created whole ------------------------------------------------ */

@@ -25,7 +25,8 @@
  *
  * Threads: the real ops may be called from any thread; each thread that uses
  * the batched calls gets its own ring (created lazily, freed at thread exit).
- * The shim serialises everything with one mutex.
+ * The shim serialises everything with one mutex. A read queue
+ * (cdp_io_rq) belongs to the one thread that uses it.
  */
 #ifndef CDP_STORAGE_IO_H
 #define CDP_STORAGE_IO_H
@@ -115,6 +116,37 @@ int cdp_io_open_or_create(const struct cdp_io *io, const char *path, const void 
  */
 int cdp_io_write_whole(const struct cdp_io *io, const char *path, const void *hdr,
 		       size_t hdr_len, uint64_t size, struct cdp_err *err);
+
+/* ---- reads in flight (the agent's sync) ------------------------------ */
+
+/*
+ * A queue of up to @depth reads in flight, on an io_uring of its own (not
+ * the thread's batch ring). Without io_uring (refused, old kernel) each read
+ * runs synchronously when it is started and its completion waits in the
+ * queue: same calls, queue depth 1. One owner thread; not for the shim.
+ */
+struct cdp_io_rq;
+
+/* Returns a new queue; caller frees with cdp_io_rq_free() (nothing in flight). */
+struct cdp_io_rq *cdp_io_rq_new(unsigned depth);
+void cdp_io_rq_free(struct cdp_io_rq *q);
+/* True when reads are in flight together (io_uring), false for the fallback. */
+bool cdp_io_rq_async(const struct cdp_io_rq *q);
+
+/*
+ * Starts one read(2) of @len bytes at @off of @fd into @buf (borrowed until
+ * its completion is reaped), tagged @tag. -EBUSY when @depth reads are in
+ * flight; another -errno when the ring refused it (nothing was started).
+ */
+int cdp_io_rq_read(struct cdp_io_rq *q, int fd, void *buf, size_t len, uint64_t off,
+		   uint64_t tag);
+
+/*
+ * Waits for one completion, in any order: *@tag and *@res (bytes read by
+ * that one read, which may be short, or -errno). -ENOENT when nothing is in
+ * flight.
+ */
+int cdp_io_rq_wait(struct cdp_io_rq *q, uint64_t *tag, long *res);
 
 /* ---- power-cut shim (tests) ----------------------------------------- */
 

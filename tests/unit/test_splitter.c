@@ -15,12 +15,23 @@
  *  - the full sync turns holes and zero blocks into ZERO records;
  *  - with a spill file: segments past the memory bound decode from it in
  *    chain order, and a spill write error sends the splitter to incremental
- *    mode with every cached write (memory and spill) in the bitmap.
+ *    mode with every cached write (memory and spill) in the bitmap;
+ *  - CDP_IO_F_INLINE runs a request whose range is free on the caller's
+ *    thread; the tick flushes the source only when half the log is busy;
+ *  - the full sync at queue depth 4, with O_DIRECT and with the buffered
+ *    fallback: the records replayed in seq order give every volume's image
+ *    (holes, zero blocks, data, a tail that is not a multiple of 4 KiB),
+ *    also with writes running during the sync, and no page cache is left;
+ *    a write holding a chunk's range is a record before the chunk's;
+ *  - the pacing and read-cap arithmetic, and a network cap that holds.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -29,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,6 +51,7 @@
 #include "storage/io.h"
 
 #define VOL_SIZE (8u << 20)
+#define VOL1_SIZE (VOL_SIZE + 1536)	/* a tail shorter than 4 KiB */
 #define WAIT_NS (30 * CDP_NS_PER_SEC)
 
 struct seam {
@@ -154,14 +167,14 @@ static bool went_incremental(void *arg)
 	return ((struct seam *)arg)->went_incremental;
 }
 
-static int setup(void **state)
+static int setup_opts(void **state, bool buffered)
 {
 	struct fx *f = cdp_xcalloc(1, sizeof(*f));
 	struct cdp_actlog_opts ao = { .nvolumes = 2, .extent_shift = setup_extent_shift,
 				      .max_active = setup_max_active };
 	struct cdp_dirtymap_opts mo = { 0 };
 	struct cdp_splitter_opts so = { 0 };
-	static const uint64_t sizes[2] = { VOL_SIZE, VOL_SIZE };
+	static const uint64_t sizes[2] = { VOL_SIZE, VOL1_SIZE };
 	const char *names[2] = { "a", "b" }, *paths[2];
 	struct cdp_err err = CDP_ERR_INIT;
 	char p[128];
@@ -174,7 +187,7 @@ static int setup(void **state)
 		snprintf(f->path[i], sizeof(f->path[i]), "%s/vol%d.img", f->dir, i);
 		fd = open(f->path[i], O_CREAT | O_RDWR, 0600);
 		assert_true(fd >= 0);
-		assert_int_equal(ftruncate(fd, VOL_SIZE), 0);
+		assert_int_equal(ftruncate(fd, (off_t)sizes[i]), 0);
 		close(fd);
 		paths[i] = f->path[i];
 	}
@@ -212,10 +225,21 @@ static int setup(void **state)
 	so.before_source_write = seam_hook;
 	so.on_incremental = seam_incremental;
 	so.arg = &f->seam;
+	so.sync_buffered = buffered;
 	assert_int_equal(cdp_splitter_open(&so, &f->sp, &err), 0);
 	dn.n = 0;
 	*state = f;
 	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_opts(state, false);
+}
+
+static int setup_buffered(void **state)
+{
+	return setup_opts(state, true);
 }
 
 /* A log of 16 extents of 64 KiB. */
@@ -626,7 +650,365 @@ static void test_full_sync_skips_holes_and_zeros(void **state)
 	/* Only data blocks are read and sent as bytes; at most one chunk per data run. */
 	assert_true(st.resync_bytes >= 65536);
 	assert_true(st.resync_bytes <= 2u << 20);
-	assert_int_equal(st.resync_bytes + st.resync_zero_bytes, 2ull * VOL_SIZE);
+	assert_int_equal(st.resync_bytes + st.resync_zero_bytes, (uint64_t)VOL_SIZE + VOL1_SIZE);
+}
+
+/* ---- full sync at queue depth 4: what the records restore --------------- */
+
+static const uint64_t vol_size[2] = { VOL_SIZE, VOL1_SIZE };
+
+struct image {
+	uint8_t *b[2];
+	unsigned resync_writes;
+	uint64_t first_write_seq;	/* the first non-RESYNC WRITE record */
+	uint64_t chunk_seq;		/* the RESYNC record covering chunk_at on volume 0 */
+	uint64_t chunk_at;
+	bool chunk_has_write;		/* its payload holds the held write's bytes */
+};
+
+static void apply_rec(void *arg, const struct cdp_record *r, uint32_t seg_flags)
+{
+	struct image *im = arg;
+
+	if (!r || (r->kind != CDP_REC_WRITE && r->kind != CDP_REC_ZERO))
+		return;
+	assert_true(r->volume < 2);
+	assert_true(r->offset + r->length <= vol_size[r->volume]);
+	if (r->kind == CDP_REC_WRITE)
+		memcpy(im->b[r->volume] + r->offset, r->payload, r->length);
+	else
+		memset(im->b[r->volume] + r->offset, 0, r->length);
+	if (r->kind == CDP_REC_WRITE && !(r->flags & CDP_REC_F_RESYNC) && !im->first_write_seq)
+		im->first_write_seq = r->seq;
+	if ((r->flags & CDP_REC_F_RESYNC) && r->volume == 0 && r->offset <= im->chunk_at &&
+	    im->chunk_at < r->offset + r->length && !im->chunk_seq) {
+		im->chunk_seq = r->seq;
+		im->chunk_has_write = r->kind == CDP_REC_WRITE &&
+				      r->payload[im->chunk_at - r->offset] == 0xab;
+	}
+	im->resync_writes += r->kind == CDP_REC_WRITE && (r->flags & CDP_REC_F_RESYNC);
+}
+
+static void fill_random(uint8_t *p, size_t n, uint64_t *x)
+{
+	for (size_t i = 0; i < n; i++) {
+		*x ^= *x << 13;
+		*x ^= *x >> 7;
+		*x ^= *x << 17;
+		p[i] = (uint8_t)*x | 1;	/* never a zero block by chance */
+	}
+}
+
+/* Holes, written zeros, data, a run not 4 KiB-aligned, vol 1's short tail. */
+static void make_volumes(struct fx *f)
+{
+	static uint8_t buf[1 << 20];
+	uint64_t x = 88172645463325252ull;
+	int fd = open(f->path[0], O_RDWR);
+
+	assert_true(fd >= 0);
+	fill_random(buf, sizeof(buf), &x);
+	assert_int_equal(pwrite(fd, buf, 65536, 0), 65536);
+	assert_int_equal(pwrite(fd, buf, sizeof(buf), 2 << 20), (ssize_t)sizeof(buf));
+	assert_int_equal(pwrite(fd, buf + 512, sizeof(buf) - 512, (4 << 20) + 512),
+			 (ssize_t)sizeof(buf) - 512);
+	memset(buf, 0, 65536);
+	assert_int_equal(pwrite(fd, buf, 65536, 7 << 20), 65536);	/* data, all zero */
+	fill_random(buf, sizeof(buf), &x);
+	assert_int_equal(pwrite(fd, buf, 1536, (6 << 20) + 512), 1536);
+	assert_int_equal(fdatasync(fd), 0);
+	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+	fd = open(f->path[1], O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, buf, sizeof(buf), 1 << 20), (ssize_t)sizeof(buf));
+	assert_int_equal(pwrite(fd, buf, 8192, VOL1_SIZE - 8192), 8192);	/* into the tail */
+	assert_int_equal(fdatasync(fd), 0);
+	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+}
+
+/* Replays every cached record into images (0xee where nothing landed) and compares them. */
+static void check_restore(struct fx *f, struct image *im)
+{
+	point(f);
+	for (int v = 0; v < 2; v++) {
+		im->b[v] = cdp_xmalloc(vol_size[v]);
+		memset(im->b[v], 0xee, vol_size[v]);
+	}
+	walk(f, apply_rec, im);
+	for (int v = 0; v < 2; v++) {
+		uint8_t *src = cdp_xmalloc(vol_size[v]);
+		int fd = open(f->path[v], O_RDONLY);
+
+		assert_true(fd >= 0);
+		assert_int_equal(pread(fd, src, vol_size[v], 0), (ssize_t)vol_size[v]);
+		close(fd);
+		for (uint64_t i = 0; i < vol_size[v]; i++)
+			if (src[i] != im->b[v][i])
+				fail_msg("volume %d: byte %" PRIu64 " is %#x restored, %#x on the "
+					 "source", v, i, im->b[v][i], src[i]);
+		free(src);
+		free(im->b[v]);
+	}
+}
+
+/* Pages of @path in the page cache. */
+static size_t resident_pages(const char *path, uint64_t size)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t n = (size + (uint64_t)pg - 1) / (uint64_t)pg, res = 0;
+	unsigned char *vec = cdp_xmalloc(n);
+	int fd = open(path, O_RDONLY);
+	void *m;
+
+	assert_true(fd >= 0);
+	m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(mincore(m, size, vec), 0);
+	for (size_t i = 0; i < n; i++)
+		res += vec[i] & 1;
+	munmap(m, size);
+	close(fd);
+	free(vec);
+	return res;
+}
+
+/* Whether this filesystem takes O_DIRECT at all (else the splitter falls back too). */
+static bool direct_ok(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECT);
+
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+static void full_sync_restores(struct fx *f, bool buffered)
+{
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_splitter_stats st;
+	struct image im = { .chunk_at = UINT64_MAX };
+
+	make_volumes(f);
+	start_capture(f);
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_FULL, 0, 0, NULL, NULL, &err), 0);
+	cdp_splitter_stats(f->sp, &st);
+	assert_int_equal(st.resync_bytes + st.resync_zero_bytes, (uint64_t)VOL_SIZE + VOL1_SIZE);
+	assert_true(st.resync_read_bytes >= st.resync_bytes);
+	if (buffered || !direct_ok(f->path[0])) {
+		if (!buffered)
+			print_message("O_DIRECT refused here: the buffered path ran instead\n");
+		assert_int_equal(st.resync_direct_bytes, 0);
+	} else {
+		/* Every read but the 1536-byte tail's end starts aligned: all direct. */
+		assert_int_equal(st.resync_direct_bytes, st.resync_read_bytes);
+	}
+	/* Direct reads leave no pages behind; buffered ones are dropped. */
+	assert_int_equal(resident_pages(f->path[0], VOL_SIZE), 0);
+	assert_int_equal(resident_pages(f->path[1], VOL1_SIZE), 0);
+	check_restore(f, &im);
+	assert_true(im.resync_writes >= 5);
+}
+
+static void test_full_sync_qd4_direct_restores_the_image(void **state)
+{
+	full_sync_restores(*state, false);
+}
+
+static void test_full_sync_buffered_fallback_restores_the_image(void **state)
+{
+	full_sync_restores(*state, true);
+}
+
+struct sync_thread {
+	struct fx *f;
+	const struct cdp_sync_caps *caps;
+	int rc;
+	struct cdp_err err;
+	_Atomic bool done;
+};
+
+static void *sync_thread_main(void *arg)
+{
+	struct sync_thread *t = arg;
+
+	t->rc = cdp_splitter_resync(t->f->sp, CDP_SYNC_FULL, 0, 0, NULL, t->caps, &t->err);
+	atomic_store(&t->done, true);
+	return NULL;
+}
+
+/* Writes of 512 B..1 MiB, some across chunk boundaries, one at a time, while the sync runs. */
+static void test_full_sync_with_concurrent_writes_restores_the_image(void **state)
+{
+	struct fx *f = *state;
+	/* Slowed by the network cap (~0.5 s), so that the writes overlap it. */
+	struct cdp_sync_caps caps = { .net_bps = 16u << 20 };
+	struct sync_thread t = { .f = f, .caps = &caps, .err = CDP_ERR_INIT };
+	struct image im = { .chunk_at = UINT64_MAX };
+	uint8_t *buf = cdp_xmalloc(1 << 20);
+	uint64_t x = 0x9e3779b97f4a7c15ull, bytes = 0;
+	struct cdp_splitter_stats st;
+	pthread_t th;
+	unsigned n = 0;
+
+	make_volumes(f);
+	start_capture(f);
+	pthread_create(&th, NULL, sync_thread_main, &t);
+	/* At most 24 MiB of records besides the sync's: the cache (64 MiB) is never acked. */
+	while (bytes < (24u << 20) && (n < 40 || !atomic_load(&t.done))) {
+		struct cdp_io_req r;
+		unsigned vol = (unsigned)(x & 1);
+		uint32_t len = (uint32_t)(((x >> 8) % (n % 8 ? 128 : 2048)) + 1) * 512;
+		uint64_t off = ((x >> 24) % ((vol_size[vol] - len) / 512 + 1)) * 512;
+
+		if (n % 4 == 0)	/* across a chunk boundary */
+			off = (((x >> 24) % 7 + 1) << 20) - len / 2 / 512 * 512;
+		bytes += len;
+
+		fill_random(buf, len, &x);
+		submit(f, vol, &r, (x >> 40) % 5 ? CDP_IO_WRITE : CDP_IO_ZERO, off, len,
+		       buf);
+		wait_done(++n);
+		assert_int_equal(dn.rc[(n - 1) % 64], 0);
+	}
+	pthread_join(th, NULL);
+	cdp_splitter_stats(f->sp, &st);
+	print_message("%u writes (%" PRIu64 " bytes) during and after the sync; %" PRIu64
+		      " sync chunks waited for one\n", n, bytes, st.resync_range_waits);
+	assert_int_equal(t.rc, 0);
+	check_restore(f, &im);
+	free(buf);
+}
+
+/* A write holding a chunk's range: the sync waits for it and reads what it wrote. */
+static void test_full_sync_waits_for_a_write_in_its_chunk(void **state)
+{
+	struct fx *f = *state;
+	struct sync_thread t = { .f = f, .err = CDP_ERR_INIT };
+	struct image im = { .chunk_at = (3 << 20) + 4096 };
+	int64_t until = cdp_clock_mono_ns(cdp_clock_real()) + WAIT_NS;
+	struct cdp_splitter_stats st;
+	bool done_early;
+	static uint8_t a[8192];
+	struct cdp_io_req r;
+	pthread_t th;
+
+	make_volumes(f);
+	start_capture(f);
+	memset(a, 0xab, sizeof(a));
+	f->seam.hold_first = true;
+	submit(f, 0, &r, CDP_IO_WRITE, (3 << 20) + 4096, sizeof(a), a);
+	assert_true(wait_cond(&f->seam.mu, &f->seam.cond, seam_held, &f->seam));
+	pthread_create(&th, NULL, sync_thread_main, &t);
+	/* The sync reaches the held range (a hole when it looked) and waits. */
+	do {
+		sched_yield();	/* polling: leave the CPU to the sync */
+		cdp_splitter_stats(f->sp, &st);
+	} while (!st.resync_range_waits && cdp_clock_mono_ns(cdp_clock_real()) < until);
+	done_early = atomic_load(&t.done);
+	/* Released before asserting: a held write would hang the teardown. */
+	pthread_mutex_lock(&f->seam.mu);
+	f->seam.release = true;
+	pthread_cond_broadcast(&f->seam.cond);
+	pthread_mutex_unlock(&f->seam.mu);
+	wait_done(1);
+	pthread_join(th, NULL);
+	assert_int_equal(st.resync_range_waits, 1);
+	assert_false(done_early);
+	assert_int_equal(t.rc, 0);
+	check_restore(f, &im);
+	assert_true(im.first_write_seq);
+	assert_true(im.chunk_seq > im.first_write_seq);
+	assert_true(im.chunk_has_write);
+}
+
+/* ---- pacing ---------------------------------------------------------------- */
+
+static void test_pacer_arithmetic(void **state)
+{
+	struct cdp_splitter_pacer p = { 0 };
+	const int64_t t = 5 * CDP_NS_PER_SEC;
+
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 0, t), 0);	/* unlimited */
+	cdp_splitter_pacer_add(&p, 1u << 30);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 0, t), 0);
+	/* 1 MB/s: a new window; 1 MB in it is due 1 s after its start. */
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 1000000, t), 0);
+	cdp_splitter_pacer_add(&p, 1000000);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 1000000, t), CDP_NS_PER_SEC);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 1000000, t + CDP_NS_PER_SEC / 4),
+			 3 * CDP_NS_PER_SEC / 4);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 1000000, t + CDP_NS_PER_SEC), 0);
+	/* A new rate restarts the window: what went before does not count. */
+	cdp_splitter_pacer_add(&p, 500000);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 2000000, t + CDP_NS_PER_SEC), 0);
+	cdp_splitter_pacer_add(&p, 1000000);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 2000000, t + CDP_NS_PER_SEC),
+			 CDP_NS_PER_SEC / 2);
+	/* Idle for 10 s: no 10 s burst afterwards. */
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 2000000, t + 11 * CDP_NS_PER_SEC), 0);
+	cdp_splitter_pacer_add(&p, 2000000);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 2000000, t + 11 * CDP_NS_PER_SEC),
+			 CDP_NS_PER_SEC);
+	/* Bytes given back (a chunk that was all zero) shorten the wait. */
+	cdp_splitter_pacer_sub(&p, 1000000);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 2000000, t + 11 * CDP_NS_PER_SEC),
+			 CDP_NS_PER_SEC / 2);
+	cdp_splitter_pacer_sub(&p, 5000000);	/* never below zero */
+	assert_int_equal(p.bytes, 0);
+	/* No overflow at large counts: 1 TB at 1 GB/s is 1000 s. */
+	p = (struct cdp_splitter_pacer){ 0 };
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 1000000000, 0), 0);
+	cdp_splitter_pacer_add(&p, 1000000000000ull);
+	assert_int_equal(cdp_splitter_pacer_wait(&p, 1000000000, 0), 1000 * CDP_NS_PER_SEC);
+}
+
+static void test_read_cap_arithmetic(void **state)
+{
+	/* 64 MiB in 0.5 s of reads in flight: 134 MB/s. */
+	assert_int_equal(cdp_splitter_read_bandwidth(64u << 20, CDP_NS_PER_SEC / 2),
+			 134217728);
+	assert_int_equal(cdp_splitter_read_bandwidth(64u << 20, 0), 0);	/* not measurable */
+	assert_int_equal(cdp_splitter_read_cap(134217728, 30), 40265318);
+	assert_int_equal(cdp_splitter_read_cap(134217728, 0), 0);	/* off */
+	assert_int_equal(cdp_splitter_read_cap(0, 30), 0);		/* not measured yet */
+	assert_int_equal(cdp_splitter_read_cap(134217728, 100), 134217728);
+	assert_int_equal(cdp_splitter_read_cap(UINT64_MAX, 50), UINT64_MAX / 2);
+}
+
+/*
+ * The network cap holds: 6 MiB of data at 8 MiB/s. A chunk counts when its
+ * read starts, so the sixth starts no earlier than 5 MiB / 8 MiB/s = 0.625 s
+ * after the first (a lower bound: a loaded machine only adds). The read cap
+ * is on too: its probe measures the source (6 MiB of data: enough).
+ */
+static void test_full_sync_network_cap_holds(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_sync_caps caps = { .net_bps = 8u << 20, .read_percent = 30 };
+	static uint8_t buf[6 << 20];
+	uint64_t x = 12345;
+	int64_t t0, t1;
+	int fd = open(f->path[0], O_RDWR);
+
+	fill_random(buf, sizeof(buf), &x);
+	assert_int_equal(pwrite(fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+	close(fd);
+	start_capture(f);
+	t0 = cdp_clock_mono_ns(cdp_clock_real());
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_FULL, 0, 0, NULL, &caps, &err), 0);
+	t1 = cdp_clock_mono_ns(cdp_clock_real());
+	assert_true(t1 - t0 >= 5 * CDP_NS_PER_SEC / 8);
+	{
+		struct cdp_splitter_stats st;
+
+		cdp_splitter_stats(f->sp, &st);
+		assert_int_equal(st.resync_bytes, 6u << 20);
+		assert_true(st.resync_read_bps > 0);	/* measured */
+	}
 }
 
 /* Bytes zstd cannot shrink: block @i's. */
@@ -735,7 +1117,7 @@ static void test_unreadable_spilled_segment_dirties_everything(void **state)
 	atomic_store(&spill_read_fail, -EIO);
 	assert_int_equal(cdp_splitter_go_incremental(f->sp, "test", &err), 0);
 	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 0), VOL_SIZE);
-	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 1), VOL_SIZE);
+	assert_int_equal(cdp_dirtymap_dirty_bytes(f->dm, 1), VOL1_SIZE);
 	atomic_store(&spill_read_fail, 0);
 }
 
@@ -755,6 +1137,17 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unreadable_spilled_segment_dirties_everything,
 						setup_spill, teardown),
+		cmocka_unit_test_setup_teardown(test_full_sync_qd4_direct_restores_the_image, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_full_sync_buffered_fallback_restores_the_image,
+						setup_buffered, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_full_sync_with_concurrent_writes_restores_the_image, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_full_sync_waits_for_a_write_in_its_chunk,
+						setup, teardown),
+		cmocka_unit_test(test_pacer_arithmetic),
+		cmocka_unit_test(test_read_cap_arithmetic),
+		cmocka_unit_test_setup_teardown(test_full_sync_network_cap_holds, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
