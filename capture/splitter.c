@@ -42,6 +42,14 @@
 #define ENC_POOL 8
 #define SEAL_NICE 5		/* the seal thread's nice value, above the agent's */
 /*
+ * A segment that zstd shrank by less than 1/SEAL_GAIN_MIN is stored raw
+ * anyway (by the codec, or nearly so): the next SEAL_SKIP_AFTER_RAW segments
+ * skip zstd, then one tries again. Random or encrypted data (a full sync of
+ * such a volume) then costs SHA-256 only, not zstd too.
+ */
+#define SEAL_GAIN_MIN 32
+#define SEAL_SKIP_AFTER_RAW 8
+/*
  * Segments waiting for the seal thread before completions wait for it: at
  * this backlog it already stores raw (SHA-256 is then its only work), so the
  * bound holds memory to ~SEAL_BACKLOG_MAX x 4 MiB without slowing writes
@@ -140,6 +148,7 @@ struct cdp_splitter {
 	bool seal_busy;
 	pthread_t sealer;
 	uint8_t digest[CDP_DIGEST_LEN];	/* seal thread: chain head */
+	unsigned seal_skip_zstd;	/* seal thread: segments left to store raw */
 };
 
 /* ---- range lock ------------------------------------------------------------ */
@@ -696,12 +705,16 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 	struct cdp_cache_seg *cs;
 	uint32_t nrec = cdp_seg_enc_nrecords(it->enc);
 	uint64_t first = cdp_seg_enc_next_seq(it->enc) - nrec;
+	size_t raw = cdp_seg_enc_raw_len(it->enc);
 	bool incremental, refused = false;
 	int rc;
 
 	so.flags = it->point ? CDP_SEG_F_POINT_END : 0;
 	if (backlog >= SEAL_BACKLOG_RAW) {
 		so.compression = CDP_COMP_NONE;
+	} else if (sp->seal_skip_zstd && nrec) {
+		so.compression = CDP_COMP_NONE;
+		sp->seal_skip_zstd--;
 	} else {
 		so.compression = CDP_COMP_ZSTD;
 		so.level = backlog >= SEAL_BACKLOG_FAST ? SEAL_LEVEL_FAST : 1;
@@ -725,6 +738,9 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 		pthread_mutex_unlock(&sp->mu);
 		return;
 	}
+	if (so.compression == CDP_COMP_ZSTD && raw >= SEAL_GAIN_MIN * CDP_SECTOR &&
+	    out.len >= CDP_SEG_HDR_LEN + raw - raw / SEAL_GAIN_MIN)
+		sp->seal_skip_zstd = SEAL_SKIP_AFTER_RAW;
 	cs = cdp_xcalloc(1, sizeof(*cs));
 	cs->first_seq = first;
 	cs->last_seq = first + nrec - 1;
@@ -1682,8 +1698,8 @@ int cdp_splitter_resync(struct cdp_splitter *sp, uint32_t kind, unsigned from_vo
 	cut_locked(sp, false, 0);
 	sp->have_ckpt = false;
 	pthread_mutex_unlock(&sp->mu);
-	cdp_io_rq_free(s.rq);
-	free(s.bufs);
+	if (cdp_io_rq_free(s.rq))
+		free(s.bufs);	/* else the kernel may still write there: leaked */
 	return rc;
 }
 

@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/log.h"
 #include "common/util.h"
 
 #define RING_ENTRIES 128u
@@ -546,15 +547,24 @@ struct cdp_io_rq *cdp_io_rq_new(unsigned depth)
 	return q;
 }
 
-void cdp_io_rq_free(struct cdp_io_rq *q)
+bool cdp_io_rq_free(struct cdp_io_rq *q)
 {
+	uint64_t tag;
+	long res;
+
 	if (!q)
-		return;
-	assert(!q->inflight);
+		return true;
+	while (q->inflight)
+		if (cdp_io_rq_wait(q, &tag, &res)) {
+			cdp_log_err("io: %u sync reads cannot be reaped; their ring and buffers "
+				    "are left allocated", q->inflight);
+			return false;
+		}
 	if (q->uring)
 		io_uring_queue_exit(&q->ring);
 	free(q->done);
 	free(q);
+	return true;
 }
 
 bool cdp_io_rq_async(const struct cdp_io_rq *q)

@@ -127,9 +127,15 @@ int cdp_io_write_whole(const struct cdp_io *io, const char *path, const void *hd
  */
 struct cdp_io_rq;
 
-/* Returns a new queue; caller frees with cdp_io_rq_free() (nothing in flight). */
+/* Returns a new queue; caller frees with cdp_io_rq_free(). */
 struct cdp_io_rq *cdp_io_rq_new(unsigned depth);
-void cdp_io_rq_free(struct cdp_io_rq *q);
+/*
+ * Frees @q, first reaping reads still in flight (after a failed
+ * cdp_io_rq_wait()). Returns false when some could not be reaped: the
+ * kernel may still write into their buffers, so the caller must leave them
+ * allocated (and @q is left open, leaked, for the same reason).
+ */
+bool cdp_io_rq_free(struct cdp_io_rq *q);
 /* True when reads are in flight together (io_uring), false for the fallback. */
 bool cdp_io_rq_async(const struct cdp_io_rq *q);
 

@@ -506,6 +506,57 @@ static void test_inline_submit(void **state)
 	}
 }
 
+/* The compression of each cached segment with records, in order; returns how many. */
+static unsigned seg_compressions(struct fx *f, uint8_t *out, unsigned max)
+{
+	unsigned n = 0;
+	uint64_t pos = 0;
+
+	for (struct cdp_cache_seg *s; (s = cdp_cache_next(f->cache, pos, 0));) {
+		struct cdp_seg_expect ex = { .min_time = INT64_MIN };
+		struct cdp_segment *seg;
+		struct cdp_err err = CDP_ERR_INIT;
+
+		pos = s->pos;
+		if (cdp_seg_decode(s->data, s->len, &ex, &seg, &err))
+			fail_msg("segment at %" PRIu64 ": %s", pos, err.msg);
+		if (seg->h.nrecords && n < max)
+			out[n++] = seg->h.compression;
+		cdp_segment_free(seg);
+		cdp_cache_put(s);
+	}
+	return n;
+}
+
+/*
+ * A segment zstd cannot shrink is stored raw, and so are the next 8 with
+ * records (heartbeats do not count) without trying; then zstd again.
+ */
+static void test_incompressible_data_skips_zstd(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t rnd[65536], same[65536];
+	struct cdp_io_req r[10];
+	uint8_t comp[16];
+	uint64_t x = 0x9e3779b97f4a7c15u;
+
+	for (size_t i = 0; i < sizeof(rnd); i += 8) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		memcpy(rnd + i, &x, 8);
+	}
+	memset(same, 0x11, sizeof(same));
+	start_capture(f);
+	for (unsigned i = 0; i < 10; i++) {
+		submit(f, 0, &r[i], CDP_IO_WRITE, (uint64_t)i << 16, sizeof(rnd), i ? same : rnd);
+		wait_done(i + 1);
+		point(f);
+	}
+	assert_int_equal(seg_compressions(f, comp, 16), 10);
+	for (unsigned i = 1; i <= 8; i++)
+		assert_int_equal(comp[i], CDP_COMP_NONE);	/* compressible, not tried */
+	assert_int_equal(comp[9], CDP_COMP_ZSTD);
+}
+
 /* The journal acknowledges every record so far (all sealed: point() waited). */
 static void ack_all(struct fx *f)
 {
@@ -1128,6 +1179,8 @@ int main(void)
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_records_points_and_heartbeats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inline_submit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_incompressible_data_skips_zstd, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_tick_flushes_only_when_the_log_fills,
 						setup_small_log, teardown),
 		cmocka_unit_test_setup_teardown(test_incremental_then_resync, setup, teardown),
