@@ -69,14 +69,7 @@ static size_t len_of(uint64_t i)
 
 static void fill(uint8_t *p, size_t len, uint64_t i)
 {
-	uint64_t x = i * 0x9E3779B97F4A7C15ull + 1;
-
-	for (size_t k = 0; k < len; k++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[k] = (uint8_t)x;
-	}
+	cdp_test_noise(p, len, i);
 }
 
 static void digest_of(uint64_t i, uint8_t d[32])

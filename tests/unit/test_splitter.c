@@ -33,7 +33,6 @@
 #include <setjmp.h>
 #include <stdatomic.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,6 +48,7 @@
 #include "capture/splitter.h"
 #include "common/util.h"
 #include "storage/io.h"
+#include "testutil.h"
 
 #define VOL_SIZE (8u << 20)
 #define VOL1_SIZE (VOL_SIZE + 1536)	/* a tail shorter than 4 KiB */
@@ -538,12 +538,8 @@ static void test_incompressible_data_skips_zstd(void **state)
 	static uint8_t rnd[65536], same[65536];
 	struct cdp_io_req r[10];
 	uint8_t comp[16];
-	uint64_t x = 0x9e3779b97f4a7c15u;
 
-	for (size_t i = 0; i < sizeof(rnd); i += 8) {
-		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-		memcpy(rnd + i, &x, 8);
-	}
+	cdp_test_noise(rnd, sizeof(rnd), 1);
 	memset(same, 0x11, sizeof(same));
 	start_capture(f);
 	for (unsigned i = 0; i < 10; i++) {
@@ -1065,14 +1061,7 @@ static void test_full_sync_network_cap_holds(void **state)
 /* Bytes zstd cannot shrink: block @i's. */
 static void noise(uint8_t *p, size_t len, uint64_t i)
 {
-	uint64_t x = i * 0x9E3779B97F4A7C15ull + 1;
-
-	for (size_t k = 0; k < len; k++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[k] = (uint8_t)x;
-	}
+	cdp_test_noise(p, len, i);
 }
 
 struct payloads {

@@ -53,6 +53,19 @@ static inline void cdp_test_rmrf(const char *dir)
 		fprintf(stderr, "warning: could not remove %s\n", dir);
 }
 
+/* Bytes zstd cannot shrink, the same for the same @seed (xorshift64). */
+static inline void cdp_test_noise(uint8_t *p, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+
+	for (size_t k = 0; k < len; k++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[k] = (uint8_t)x;
+	}
+}
+
 /* Asserts that @err holds @code and that its message contains @needle. */
 #define assert_err(err, rc, want_code, needle)                                        \
 	do {                                                                          \
