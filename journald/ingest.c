@@ -41,6 +41,7 @@ struct jd_stream {
 	unsigned refs;			/* guarded by mu */
 	unsigned queued;		/* guarded by mu: messages waiting for the worker */
 	unsigned inflight;		/* guarded by mu: appends not yet done */
+	pthread_cond_t idle;		/* inflight went to 0 */
 	bool paused, done, failed, half_closed, finished;	/* guarded by mu */
 	unsigned worker;
 	/* worker thread only, after the hello */
@@ -80,6 +81,7 @@ static void stream_unref(struct jd_stream *s)
 		return;
 	cdp_rpc_call_unref(s->call);
 	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->idle);
 	free(s);
 }
 
@@ -134,6 +136,7 @@ static void on_open(struct cdp_rpc_call *call, void *arg)
 	s->call = call;
 	cdp_rpc_call_ref(call);
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->idle, NULL);
 	s->refs = 1;
 	s->worker = next_worker++ % (unsigned)d->cfg.ingest_threads;
 	s->skew_rl.interval_ns = 60 * CDP_NS_PER_SEC;
@@ -279,6 +282,37 @@ static void handle_hello(struct jd_stream *s, const Cdp__V1__CaptureHello *h)
 		}
 		s->vol_size[i] = v->size;
 	}
+	/*
+	 * One agent stream per plan. Fence the one this replaces before the
+	 * journal's head is read for the welcome: no append from it starts
+	 * after this (handle_segment checks `failed` under its mutex), and the
+	 * ones already in the journal's pipeline are done. Else a heartbeat or
+	 * segment of the old stream, stored after the welcome was computed,
+	 * would sit between the head this agent is told and its next segment,
+	 * and break the chain (the verifier found exactly that after a link
+	 * cut).
+	 */
+	pthread_mutex_lock(&d->mu);
+	jp = jd_plan_by_id_locked(d, pb->plan_id);
+	old = jp ? jp->agent : NULL;
+	if (old) {
+		pthread_mutex_lock(&old->mu);
+		old->refs++;
+		pthread_mutex_unlock(&old->mu);
+	}
+	pthread_mutex_unlock(&d->mu);
+	if (old) {
+		struct cdp_err e2 = CDP_ERR_INIT;
+
+		cdp_err_set(&e2, -ECANCELED, "plan %s: replaced by a newer agent stream", pb->name);
+		stream_fail(old, &e2);
+		pthread_mutex_lock(&old->mu);
+		while (old->inflight)	/* the journal completes every append it took */
+			pthread_cond_wait(&old->idle, &old->mu);
+		pthread_mutex_unlock(&old->mu);
+		stream_unref(old);
+		old = NULL;
+	}
 	rc = cdp_journal_resume_info(d->j, pb->plan_id, &r, &err);
 	if (rc)
 		goto fail;
@@ -374,7 +408,8 @@ static void append_done(struct cdp_journal_append *a)
 		send_down(s, &down);
 	}
 	pthread_mutex_lock(&s->mu);
-	s->inflight--;
+	if (--s->inflight == 0)
+		pthread_cond_broadcast(&s->idle);
 	pthread_mutex_unlock(&s->mu);
 	maybe_finish(s);
 	cdp__v1__capture_up__free_unpacked(ja->up, NULL);
@@ -453,6 +488,15 @@ static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__Cap
 	}
 	cdp_segment_free(seg);
 
+	/* A stream replaced by a newer one (handle_hello) starts no append. */
+	pthread_mutex_lock(&s->mu);
+	if (s->failed) {
+		pthread_mutex_unlock(&s->mu);
+		return;
+	}
+	s->refs++;
+	s->inflight++;
+	pthread_mutex_unlock(&s->mu);
 	ja = cdp_xcalloc(1, sizeof(*ja));
 	ja->s = s;
 	ja->up = *upp;		/* no copy: the journal reads the received bytes */
@@ -471,16 +515,13 @@ static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__Cap
 		ja->a.ckpt.offset = sg->checkpoint->offset;
 	}
 	ja->a.done = append_done;
-	pthread_mutex_lock(&s->mu);
-	s->refs++;
-	s->inflight++;
-	pthread_mutex_unlock(&s->mu);
 	rc = cdp_journal_submit(d->j, &ja->a);
 	if (rc) {
 		struct cdp_err e2 = ja->a.err;
 
 		pthread_mutex_lock(&s->mu);
-		s->inflight--;
+		if (--s->inflight == 0)
+			pthread_cond_broadcast(&s->idle);
 		pthread_mutex_unlock(&s->mu);
 		cdp__v1__capture_up__free_unpacked(ja->up, NULL);
 		cdp_rpc_msg_free(ja->msg);
