@@ -52,6 +52,8 @@ struct jd_stream {
 	uint64_t vol_size[CDP_JOURNAL_MAX_VOLUMES];
 	char plan_name[CDP_JOURNAL_NAME_MAX + 1];
 	struct cdp_ratelimit skew_rl;
+	int64_t skew_best;		/* max of sent - received over this window */
+	unsigned skew_n;		/* segments in the window */
 };
 
 struct jd_item {
@@ -69,6 +71,8 @@ struct jd_append {
 };
 
 static unsigned next_worker;	/* cq thread only */
+
+#define SKEW_WINDOW 16	/* segments: an agent behind is judged by the least delayed */
 
 static void stream_unref(struct jd_stream *s)
 {
@@ -458,18 +462,31 @@ static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__Cap
 		return;
 	}
 	/*
-	 * Skew: the agent's clock when it sent this, against ours on receipt
-	 * (transit time included, so an agent reads a little ahead). Not the
-	 * segment's own times: a segment resent from the cache after a link
-	 * cut is old, not skewed. Without a send time only an agent ahead of
-	 * us is certain.
+	 * Skew: the agent's clock when it sent this (sent_ns), against ours on
+	 * receipt. Not the segment's own times: a segment resent from the cache
+	 * after a link cut is old, not skewed. sent - received is the clock
+	 * offset minus the transit time, so an agent ahead by more than
+	 * max_clock_skew is certain at once; one behind only when even the
+	 * least delayed of SKEW_WINDOW segments says so (a stalled link
+	 * delivers late, it does not make a clock wrong). Without a send time
+	 * only an agent ahead is certain.
 	 */
 	now = cdp_clock_wall_ns(d->clock);
-	if (sg->sent_ns)
-		skew = sg->sent_ns - now;
-	else
-		skew = seg->h.t_last > now ? seg->h.t_last - now : 0;
 	max_skew = __atomic_load_n(&d->cfg.max_clock_skew, __ATOMIC_RELAXED);
+	skew = 0;
+	if (sg->sent_ns) {
+		int64_t off = sg->sent_ns - now;
+
+		s->skew_best = s->skew_n++ ? CDP_MAX(s->skew_best, off) : off;
+		if (off > max_skew) {
+			skew = off;
+		} else if (s->skew_n >= SKEW_WINDOW) {
+			skew = s->skew_best;
+			s->skew_n = 0;
+		}
+	} else if (seg->h.t_last > now) {
+		skew = seg->h.t_last - now;
+	}
 	if ((skew > max_skew || -skew > max_skew) &&
 	    cdp_ratelimit_ok(&s->skew_rl, cdp_clock_mono_ns(d->clock))) {
 		Cdp__V1__CaptureDown down = CDP__V1__CAPTURE_DOWN__INIT;

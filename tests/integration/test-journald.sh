@@ -88,6 +88,11 @@ grep -q "^notice" "$T/send1.out" && die "a notice for an agent with the right cl
 	die "send with a skewed clock: $(tail -n 3 "$T/skew.out")"
 grep -Eq "^notice 2 plan db01: agent clock \+(59|60)[0-9]{4} ms" "$T/skew.out" ||
 	die "no clock-skew notice: $(grep -c . "$T/skew.out") lines, $(grep "^notice" "$T/skew.out")"
+# Behind: judged on a window of 16 segments (the least delayed of them).
+"$CLIENT" --clock-offset -600000 "unix:$SOCK" db01 agent-db01 send 42 >"$T/skew2.out" ||
+	die "send with a clock behind: $(tail -n 3 "$T/skew2.out")"
+grep -Eq "^notice 2 plan db01: agent clock -(59|60)[0-9]{4} ms" "$T/skew2.out" ||
+	die "no clock-skew notice for a clock behind: $(grep "^notice" "$T/skew2.out")"
 
 # SIGHUP rereads the config and applies what applies at run time.
 kill -HUP "$(cat "$T/jd.pid")"
