@@ -13,7 +13,9 @@
  * outstanding counts as a cut link: a blackholed link never closes), and
  * "sync" (full sync and resyncs). The main thread waits on a signalfd:
  * SIGTERM/SIGINT stop cleanly (NBD first, then drain what the link allows
- * within stop_timeout, persist the bitmap); SIGHUP is logged (reload later).
+ * within stop_timeout, persist the bitmap); SIGHUP rereads the config and
+ * applies sync.rate and sync.read_percent at once (the rest at the next
+ * start).
  *
  * Start-up: the activity log's recovered extents (an unclean stop) are
  * marked dirty in the bitmap first; capture runs INCREMENTAL until the first
