@@ -197,21 +197,37 @@ static void on_half_close(struct cdp_rpc_call *call, void *arg)
 	enqueue(s, it);
 }
 
-static void on_done(struct cdp_rpc_call *call, enum cdp_rpc_code code, bool cancelled, void *arg)
+/* @s is no longer its plan's agent stream (if it still was). */
+static void forget_agent(struct jd *d, struct jd_stream *s)
 {
-	struct jd_stream *s = cdp_rpc_call_user(call);
-	struct jd *d = arg;
-
-	if (!s)
-		return;
-	pthread_mutex_lock(&s->mu);
-	s->done = true;
-	pthread_mutex_unlock(&s->mu);
 	pthread_mutex_lock(&d->mu);
 	for (size_t i = 0; i < d->nplans; i++)
 		if (d->plans[i]->agent == s)
 			d->plans[i]->agent = NULL;
 	pthread_mutex_unlock(&d->mu);
+}
+
+/*
+ * The call ended. A stream with appends still in the journal's pipeline
+ * stays its plan's agent until they are done (append_done forgets it then):
+ * the next hello must find it and wait for them (handle_hello) before it
+ * reads the journal's head, or an append of this stream stored after the
+ * welcome would break the chain.
+ */
+static void on_done(struct cdp_rpc_call *call, enum cdp_rpc_code code, bool cancelled, void *arg)
+{
+	struct jd_stream *s = cdp_rpc_call_user(call);
+	struct jd *d = arg;
+	bool busy;
+
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->done = true;
+	busy = s->inflight > 0;
+	pthread_mutex_unlock(&s->mu);
+	if (!busy)
+		forget_agent(d, s);
 	stream_unref(s);
 }
 
@@ -290,7 +306,9 @@ static void handle_hello(struct jd_stream *s, const Cdp__V1__CaptureHello *h)
 	 * One agent stream per plan. Fence the one this replaces before the
 	 * journal's head is read for the welcome: no append from it starts
 	 * after this (handle_segment checks `failed` under its mutex), and the
-	 * ones already in the journal's pipeline are done. Else a heartbeat or
+	 * ones already in the journal's pipeline are done. A stream whose call
+	 * already ended stays registered while it has appends in flight
+	 * (on_done), so it is found here too. Else a heartbeat or
 	 * segment of the old stream, stored after the welcome was computed,
 	 * would sit between the head this agent is told and its next segment,
 	 * and break the chain (the verifier found exactly that after a link
@@ -387,6 +405,7 @@ static void append_done(struct cdp_journal_append *a)
 {
 	struct jd_append *ja = (struct jd_append *)a;
 	struct jd_stream *s = ja->s;
+	bool idle, ended;
 
 	if (a->rc) {
 		if (a->rc == -ENOSPC && strstr(a->err.msg, "journal full")) {
@@ -412,9 +431,13 @@ static void append_done(struct cdp_journal_append *a)
 		send_down(s, &down);
 	}
 	pthread_mutex_lock(&s->mu);
-	if (--s->inflight == 0)
+	idle = --s->inflight == 0;
+	if (idle)
 		pthread_cond_broadcast(&s->idle);
+	ended = idle && s->done;
 	pthread_mutex_unlock(&s->mu);
+	if (ended)
+		forget_agent(s->d, s);
 	maybe_finish(s);
 	cdp__v1__capture_up__free_unpacked(ja->up, NULL);
 	cdp_rpc_msg_free(ja->msg);
@@ -505,9 +528,10 @@ static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__Cap
 	}
 	cdp_segment_free(seg);
 
-	/* A stream replaced by a newer one (handle_hello) starts no append. */
+	/* A stream replaced by a newer one (handle_hello), or whose call
+	 * ended, starts no append. */
 	pthread_mutex_lock(&s->mu);
-	if (s->failed) {
+	if (s->failed || s->done) {
 		pthread_mutex_unlock(&s->mu);
 		return;
 	}
@@ -535,11 +559,15 @@ static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__Cap
 	rc = cdp_journal_submit(d->j, &ja->a);
 	if (rc) {
 		struct cdp_err e2 = ja->a.err;
+		bool ended;
 
 		pthread_mutex_lock(&s->mu);
 		if (--s->inflight == 0)
 			pthread_cond_broadcast(&s->idle);
+		ended = !s->inflight && s->done;
 		pthread_mutex_unlock(&s->mu);
+		if (ended)
+			forget_agent(d, s);
 		cdp__v1__capture_up__free_unpacked(ja->up, NULL);
 		cdp_rpc_msg_free(ja->msg);
 		free(ja);
