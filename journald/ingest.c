@@ -74,6 +74,13 @@ static unsigned next_worker;	/* cq thread only */
 
 #define SKEW_WINDOW 16	/* segments: an agent behind is judged by the least delayed */
 
+static void stream_ref(struct jd_stream *s)
+{
+	pthread_mutex_lock(&s->mu);
+	s->refs++;
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void stream_unref(struct jd_stream *s)
 {
 	bool last;
@@ -239,6 +246,27 @@ static void fill_volumes(Cdp__V1__Volume ***out, size_t *n, const Cdp__V1__Plan 
 	*out = pb->volumes;	/* borrowed for packing only */
 }
 
+/*
+ * Ends @old (referenced by the caller; the reference is dropped), its plan's
+ * agent stream until a newer one said hello; with @wait, returns only once
+ * the journal has completed every append @old started (none starts after
+ * stream_fail(): handle_segment checks under old->mu).
+ */
+static void replaced(struct jd_stream *old, const char *plan, bool wait)
+{
+	struct cdp_err err = CDP_ERR_INIT;
+
+	cdp_err_set(&err, -ECANCELED, "plan %s: replaced by a newer agent stream", plan);
+	stream_fail(old, &err);
+	if (wait) {
+		pthread_mutex_lock(&old->mu);
+		while (old->inflight)	/* the journal completes every append it took */
+			pthread_cond_wait(&old->idle, &old->mu);
+		pthread_mutex_unlock(&old->mu);
+	}
+	stream_unref(old);
+}
+
 static void handle_hello(struct jd_stream *s, const Cdp__V1__CaptureHello *h)
 {
 	struct jd *d = s->d;
@@ -317,22 +345,11 @@ static void handle_hello(struct jd_stream *s, const Cdp__V1__CaptureHello *h)
 	pthread_mutex_lock(&d->mu);
 	jp = jd_plan_by_id_locked(d, pb->plan_id);
 	old = jp ? jp->agent : NULL;
-	if (old) {
-		pthread_mutex_lock(&old->mu);
-		old->refs++;
-		pthread_mutex_unlock(&old->mu);
-	}
+	if (old)
+		stream_ref(old);
 	pthread_mutex_unlock(&d->mu);
 	if (old) {
-		struct cdp_err e2 = CDP_ERR_INIT;
-
-		cdp_err_set(&e2, -ECANCELED, "plan %s: replaced by a newer agent stream", pb->name);
-		stream_fail(old, &e2);
-		pthread_mutex_lock(&old->mu);
-		while (old->inflight)	/* the journal completes every append it took */
-			pthread_cond_wait(&old->idle, &old->mu);
-		pthread_mutex_unlock(&old->mu);
-		stream_unref(old);
+		replaced(old, pb->name, true);
 		old = NULL;
 	}
 	rc = cdp_journal_resume_info(d->j, pb->plan_id, &r, &err);
@@ -377,20 +394,12 @@ static void handle_hello(struct jd_stream *s, const Cdp__V1__CaptureHello *h)
 			jp->resync = NULL;
 			jp->nresync = 0;
 		}
-		if (old) {
-			pthread_mutex_lock(&old->mu);
-			old->refs++;
-			pthread_mutex_unlock(&old->mu);
-		}
+		if (old)
+			stream_ref(old);
 	}
 	pthread_mutex_unlock(&d->mu);
-	if (old) {
-		struct cdp_err e2 = CDP_ERR_INIT;
-
-		cdp_err_set(&e2, -ECANCELED, "plan %s: replaced by a newer agent stream", pb->name);
-		stream_fail(old, &e2);
-		stream_unref(old);
-	}
+	if (old)
+		replaced(old, pb->name, false);
 	cdp_log_info("ingest: plan %s: agent %s connected from %s, resuming after seq %" PRIu64,
 		     pb->name, h->agent_id, cdp_rpc_call_peer(s->call), r.durable_seq);
 	cdp__v1__plan__free_unpacked(pb, NULL);
@@ -717,9 +726,7 @@ int jd_agent_command(struct jd *d, uint64_t plan_id, const Cdp__V1__Command *cmd
 	jp = jd_plan_by_id_locked(d, plan_id);
 	if (jp && jp->agent) {
 		s = jp->agent;
-		pthread_mutex_lock(&s->mu);
-		s->refs++;
-		pthread_mutex_unlock(&s->mu);
+		stream_ref(s);
 	}
 	pthread_mutex_unlock(&d->mu);
 	if (!s)
@@ -762,9 +769,7 @@ void jd_on_journal_event(void *arg, const struct cdp_journal_event *ev)
 	jp = jd_plan_by_id_locked(d, ev->plan_id);
 	if (jp && jp->agent) {
 		s = jp->agent;
-		pthread_mutex_lock(&s->mu);
-		s->refs++;
-		pthread_mutex_unlock(&s->mu);
+		stream_ref(s);
 	} else if (jp) {
 		keep_resync_locked(jp, ranges, n);
 		cdp_log_warn("journal: plan %s: resync of a bad segment kept for its agent's "
