@@ -25,29 +25,9 @@
 #define SHIFT 16
 #define EXT (UINT64_C(1) << SHIFT)
 
-struct fx {
-	char dir[256];
-	char path[300];
-};
-
 static int fx_setup(void **state)
 {
-	struct fx *fx = cdp_xcalloc(1, sizeof(*fx));
-
-	if (!cdp_test_mkdtemp(fx->dir, sizeof(fx->dir)))
-		return -1;
-	snprintf(fx->path, sizeof(fx->path), "%s/actlog", fx->dir);
-	*state = fx;
-	return 0;
-}
-
-static int fx_teardown(void **state)
-{
-	struct fx *fx = *state;
-
-	cdp_test_rmrf(fx->dir);
-	free(fx);
-	return 0;
+	return cdp_test_dirfile_setup(state, "actlog");
 }
 
 static struct cdp_actlog_opts opts(unsigned nvolumes, unsigned max_active)
@@ -138,7 +118,7 @@ static void poke(const char *path, uint64_t off, uint8_t x)
 
 static void test_open_creates_an_empty_log(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(2, 8);
 	struct cdp_al_extent x[8];
 	struct cdp_actlog *al = open_ok(fx->path, &o);
@@ -172,7 +152,7 @@ static void test_open_creates_an_empty_log(void **state)
 
 static void test_hot_extents_cost_no_log_write(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(2, 8);
 	struct cdp_actlog *al = open_ok(fx->path, &o);
 	struct cdp_actlog_stats st;
@@ -198,7 +178,7 @@ static void test_hot_extents_cost_no_log_write(void **state)
 
 static void test_reopen_recovers_the_set_in_order(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(3, 16);
 	struct cdp_al_extent x[16];
 	struct cdp_actlog *al = open_ok(fx->path, &o);
@@ -238,7 +218,7 @@ static void test_reopen_recovers_the_set_in_order(void **state)
 /* A clean stop: idle extents leave at once, busy ones stay and are recovered. */
 static void test_trim_empties_the_log_of_idle_extents(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(1, 16);
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_al_extent x[16];
@@ -266,7 +246,7 @@ static void test_trim_empties_the_log_of_idle_extents(void **state)
 
 static void test_recovered_extents_stay_until_done(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(1, 4);
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_actlog *al = open_ok(fx->path, &o);
@@ -305,7 +285,7 @@ static void test_recovered_extents_stay_until_done(void **state)
 
 static void test_mismatched_parameters_are_refused(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(2, 8), bad;
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_actlog *al = open_ok(fx->path, &o);
@@ -337,7 +317,7 @@ static void test_mismatched_parameters_are_refused(void **state)
 
 static void test_bad_options_and_ranges(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(2, 4), bad;
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_actlog *al;
@@ -406,7 +386,7 @@ static void test_bad_options_and_ranges(void **state)
 
 static void test_damaged_header_is_refused(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(1, 8);
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_actlog *al = open_ok(fx->path, &o);
@@ -435,7 +415,7 @@ static void test_damaged_header_is_refused(void **state)
 
 static void test_damaged_newest_slot_falls_back(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(1, 8);
 	struct cdp_al_extent x[8];
 	struct cdp_actlog *al = open_ok(fx->path, &o);
@@ -471,7 +451,7 @@ static void test_damaged_newest_slot_falls_back(void **state)
 
 static void test_idle_extents_leave_before_busy_ones_spill(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct spill_log sl = { .n = 0 };
 	struct cdp_actlog_opts o = opts(2, 4);
 	struct cdp_actlog *al;
@@ -528,7 +508,7 @@ static void test_idle_extents_leave_before_busy_ones_spill(void **state)
 
 static void test_spill_failure_fails_begin(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct spill_log sl = { .rc = -EIO };
 	struct cdp_actlog_opts o = opts(1, 2);
 	struct cdp_err err = CDP_ERR_INIT;
@@ -559,7 +539,7 @@ static void test_spill_failure_fails_begin(void **state)
 
 static void test_spilled_extent_keeps_its_writes_in_flight(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct spill_log sl = { .n = 0 };
 	struct cdp_actlog_opts o = opts(1, 2);
 	struct cdp_actlog *al;
@@ -600,7 +580,7 @@ static void test_spilled_extent_keeps_its_writes_in_flight(void **state)
 
 static void test_failed_log_write_fails_begin_then_retries(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_io_shim *s = cdp_io_shim_new(1);
 	struct cdp_actlog_opts o = opts(1, 8);
 	struct cdp_err err = CDP_ERR_INIT;
@@ -638,7 +618,7 @@ static void test_failed_log_write_fails_begin_then_retries(void **state)
 
 static void test_failed_creation_leaves_no_log(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(1, 8);
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_actlog *al;
@@ -677,7 +657,7 @@ static uint8_t *slurp_range(const char *path, uint64_t off, size_t len)
 
 static void test_failed_syncs_then_a_cut_keep_the_last_good_slot(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	/* 256 entries: a slot of 3 KiB + 4 bytes -> 4 KiB, over many sectors (tears). */
 	struct cdp_actlog_opts o = opts(1, 256);
 	struct cdp_err err = CDP_ERR_INIT;
@@ -894,7 +874,7 @@ static void test_power_cut_at_every_log_write(void **state)
 		{ .max_active = 5, .extents = 12, .max_len = EXT / 2 },
 		{ .max_active = 120, .extents = CX, .max_len = 6 * EXT },
 	};
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	/* Each cut replays the workload up to it: ~100 cuts of ~50 fdatasyncs a round. */
 	int rounds[2] = { cdp_test_rounds(3, 2, 30), cdp_test_rounds(1, 1, 30) };
 
@@ -1092,7 +1072,7 @@ static void *begin_thread(void *arg)
 
 static void test_logged_extents_never_wait_for_a_log_write(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(1, 8);
 	struct beginner a, b[2];
 	struct cdp_actlog *al;
@@ -1150,7 +1130,7 @@ static void test_logged_extents_never_wait_for_a_log_write(void **state)
 
 static void test_begin_on_an_extent_being_logged_waits_for_it(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_actlog_opts o = opts(1, 8);
 	struct beginner a, b;
 	struct cdp_actlog *al;
@@ -1250,7 +1230,7 @@ static void *stress_worker(void *arg)
 
 static void test_threads_begin_note_settle(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct stress s = { .seq = 0 };
 	struct cdp_actlog_opts o = opts(2, 6);
 	struct worker w[4];
@@ -1291,7 +1271,7 @@ static void test_threads_begin_note_settle(void **state)
 	pthread_mutex_destroy(&g.mu);
 }
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, cdp_test_dirfile_teardown)
 
 int main(void)
 {

@@ -23,29 +23,9 @@
 
 #define G 4096u
 
-struct fx {
-	char dir[256];
-	char path[300];
-};
-
 static int fx_setup(void **state)
 {
-	struct fx *fx = cdp_xcalloc(1, sizeof(*fx));
-
-	if (!cdp_test_mkdtemp(fx->dir, sizeof(fx->dir)))
-		return -1;
-	snprintf(fx->path, sizeof(fx->path), "%s/dirtymap", fx->dir);
-	*state = fx;
-	return 0;
-}
-
-static int fx_teardown(void **state)
-{
-	struct fx *fx = *state;
-
-	cdp_test_rmrf(fx->dir);
-	free(fx);
-	return 0;
+	return cdp_test_dirfile_setup(state, "dirtymap");
 }
 
 static struct cdp_dirtymap *open_ok(const char *path, const struct cdp_dirtymap_opts *o)
@@ -132,7 +112,7 @@ static void read_blocks(struct cdp_dirtymap *m, uint32_t v, uint64_t size, bool 
 
 static void test_open_creates_a_clean_map(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t sizes[2] = { UINT64_C(64) << 30, 0 };
 	struct cdp_dirtymap_opts o = { .nvolumes = 2, .volume_sizes = sizes };
 	struct cdp_dirtymap *m = open_ok(fx->path, &o);
@@ -163,7 +143,7 @@ static void test_open_creates_a_clean_map(void **state)
 
 static void test_set_rounds_outward_and_clear_inward(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t size = 10 * G + 100;	/* block 10 is partial: 100 bytes */
 	struct cdp_dirtymap_opts o = { .nvolumes = 1, .volume_sizes = &size, .granularity = G };
 	struct cdp_dirtymap *m = open_ok(fx->path, &o);
@@ -215,7 +195,7 @@ static void test_set_rounds_outward_and_clear_inward(void **state)
 
 static void test_next_returns_runs_clipped(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t sizes[2] = { 300 * G, 200 * G + 1 };
 	struct cdp_dirtymap_opts o = { .nvolumes = 2, .volume_sizes = sizes, .granularity = G };
 	struct cdp_dirtymap *m = open_ok(fx->path, &o);
@@ -246,7 +226,7 @@ static void test_next_returns_runs_clipped(void **state)
 
 static void test_dirty_bytes_and_runs_match_a_model(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	enum { NV = 3 };
 	uint64_t sizes[NV] = { 1000 * G + 123, 64 * G, 129 * G + 4095 };
 	struct cdp_dirtymap_opts o = { .nvolumes = NV, .volume_sizes = sizes, .granularity = G };
@@ -310,7 +290,7 @@ static void test_dirty_bytes_and_runs_match_a_model(void **state)
 
 static void test_persist_and_reopen_keep_the_bits(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t sizes[2] = { 100 * G, 70 * G };
 	struct cdp_dirtymap_opts o = { .nvolumes = 2, .volume_sizes = sizes, .granularity = G };
 	struct cdp_dirtymap *m = open_ok(fx->path, &o);
@@ -351,7 +331,7 @@ static void test_persist_and_reopen_keep_the_bits(void **state)
 
 static void test_mismatched_parameters_are_refused(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t sizes[3] = { 100 * G, 70 * G, G };
 	struct cdp_dirtymap_opts o = { .nvolumes = 2, .volume_sizes = sizes, .granularity = G };
 	struct cdp_dirtymap_opts bad;
@@ -387,7 +367,7 @@ static void test_mismatched_parameters_are_refused(void **state)
 
 static void test_bad_options_are_refused(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t sizes[1] = { 100 * G }, huge = UINT64_C(1) << 62;
 	struct cdp_dirtymap_opts o = { .nvolumes = 1, .volume_sizes = sizes, .granularity = G };
 	struct cdp_dirtymap_opts bad;
@@ -422,7 +402,7 @@ static void test_bad_options_are_refused(void **state)
 
 static void test_damaged_files(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t size = 100 * G;
 	struct cdp_dirtymap_opts o = { .nvolumes = 1, .volume_sizes = &size, .granularity = G };
 	struct cdp_err err = CDP_ERR_INIT;
@@ -490,7 +470,7 @@ static void test_damaged_files(void **state)
 
 static void test_failed_persist_keeps_the_last_generation(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t size = 100 * G;
 	struct cdp_io_shim *s = cdp_io_shim_new(5);
 	struct cdp_dirtymap_opts o = { .nvolumes = 1, .volume_sizes = &size, .granularity = G };
@@ -544,7 +524,7 @@ static void test_failed_persist_keeps_the_last_generation(void **state)
  */
 static void test_failed_syncs_then_a_cut_keep_the_last_generation(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t size = 32768 * G;	/* 512 words: a slot over 9 sectors (tears) */
 	struct cdp_dirtymap_opts o = { .nvolumes = 1, .volume_sizes = &size, .granularity = G };
 	struct cdp_err err = CDP_ERR_INIT;
@@ -709,7 +689,7 @@ static bool cut_run(const char *path, uint64_t seed, unsigned long nth, struct g
 
 static void test_power_cut_at_every_persist(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct gens *g = cdp_xcalloc(1, sizeof(*g));
 	int rounds = cdp_test_rounds(4, 2, 40);
 	struct cdp_io_shim_stats st = { 0 };
@@ -758,7 +738,7 @@ static void *mt_worker(void *arg)
 
 static void test_threads_set_clear_persist(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint64_t size = 1024 * G;
 	struct cdp_dirtymap_opts o = { .nvolumes = 1, .volume_sizes = &size, .granularity = G };
 	struct cdp_dirtymap *m = open_ok(fx->path, &o);
@@ -785,7 +765,7 @@ static void test_threads_set_clear_persist(void **state)
 	cdp_dirtymap_close(m);
 }
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, cdp_test_dirfile_teardown)
 
 int main(void)
 {

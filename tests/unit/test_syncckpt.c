@@ -19,29 +19,9 @@
 #include "storage/segment.h"
 #include "storage/syncckpt.h"
 
-struct fx {
-	char dir[256];
-	char path[300];
-};
-
 static int fx_setup(void **state)
 {
-	struct fx *fx = cdp_xcalloc(1, sizeof(*fx));
-
-	if (!cdp_test_mkdtemp(fx->dir, sizeof(fx->dir)))
-		return -1;
-	snprintf(fx->path, sizeof(fx->path), "%s/sync-checkpoint", fx->dir);
-	*state = fx;
-	return 0;
-}
-
-static int fx_teardown(void **state)
-{
-	struct fx *fx = *state;
-
-	cdp_test_rmrf(fx->dir);
-	free(fx);
-	return 0;
+	return cdp_test_dirfile_setup(state, "sync-checkpoint");
 }
 
 static const struct cdp_syncckpt CK1 = { .sync_id = 0x1122334455667788ull, .kind = 1,
@@ -108,7 +88,7 @@ static void assert_bad(const char *path, const char *needle)
 
 static void test_write_then_read(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint8_t b[64];
 
 	write_ok(fx->path, &CK1);
@@ -123,7 +103,7 @@ static void test_write_then_read(void **state)
 
 static void test_missing_file_is_none(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_syncckpt got;
 
@@ -133,7 +113,7 @@ static void test_missing_file_is_none(void **state)
 
 static void test_torn_file_is_an_error(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint8_t b[CDP_SYNCCKPT_LEN];
 
 	write_ok(fx->path, &CK1);
@@ -149,7 +129,7 @@ static void test_torn_file_is_an_error(void **state)
 
 static void test_overlong_file_is_an_error(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint8_t b[CDP_SYNCCKPT_LEN + 8] = { 0 };
 
 	write_ok(fx->path, &CK1);
@@ -160,7 +140,7 @@ static void test_overlong_file_is_an_error(void **state)
 
 static void test_garbage_and_flipped_bits_are_errors(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint8_t b[CDP_SYNCCKPT_LEN], g[CDP_SYNCCKPT_LEN];
 	uint64_t x = 0x9e3779b97f4a7c15ull;
 
@@ -185,7 +165,7 @@ static void test_garbage_and_flipped_bits_are_errors(void **state)
 
 static void test_version_and_reserved_are_checked(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	uint8_t b[CDP_SYNCCKPT_LEN];
 
 	write_ok(fx->path, &CK1);
@@ -206,7 +186,7 @@ static void test_version_and_reserved_are_checked(void **state)
 /* A crash between the temporary file and the rename leaves it behind. */
 static void test_stale_tmp_changes_nothing(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	char tmp[320];
 
 	write_ok(fx->path, &CK1);
@@ -221,7 +201,7 @@ static void test_stale_tmp_changes_nothing(void **state)
 /* A power cut at each data operation of a write: the old checkpoint or the new one. */
 static void test_power_cut_leaves_old_or_new(void **state)
 {
-	struct fx *fx = *state;
+	struct cdp_test_dirfile *fx = *state;
 	bool saw_old = false, saw_new = false;
 
 	for (unsigned long nth = 1; nth <= 4; nth++) {
@@ -333,19 +313,19 @@ static void test_compare(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_write_then_read, fx_setup, fx_teardown),
-		cmocka_unit_test_setup_teardown(test_missing_file_is_none, fx_setup, fx_teardown),
-		cmocka_unit_test_setup_teardown(test_torn_file_is_an_error, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_write_then_read, fx_setup, cdp_test_dirfile_teardown),
+		cmocka_unit_test_setup_teardown(test_missing_file_is_none, fx_setup, cdp_test_dirfile_teardown),
+		cmocka_unit_test_setup_teardown(test_torn_file_is_an_error, fx_setup, cdp_test_dirfile_teardown),
 		cmocka_unit_test_setup_teardown(test_overlong_file_is_an_error, fx_setup,
-						fx_teardown),
+						cdp_test_dirfile_teardown),
 		cmocka_unit_test_setup_teardown(test_garbage_and_flipped_bits_are_errors, fx_setup,
-						fx_teardown),
+						cdp_test_dirfile_teardown),
 		cmocka_unit_test_setup_teardown(test_version_and_reserved_are_checked, fx_setup,
-						fx_teardown),
+						cdp_test_dirfile_teardown),
 		cmocka_unit_test_setup_teardown(test_stale_tmp_changes_nothing, fx_setup,
-						fx_teardown),
+						cdp_test_dirfile_teardown),
 		cmocka_unit_test_setup_teardown(test_power_cut_leaves_old_or_new, fx_setup,
-						fx_teardown),
+						cdp_test_dirfile_teardown),
 		cmocka_unit_test(test_due),
 		cmocka_unit_test(test_before),
 		cmocka_unit_test(test_compare),

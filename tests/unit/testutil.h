@@ -53,6 +53,35 @@ static inline void cdp_test_rmrf(const char *dir)
 		fprintf(stderr, "warning: could not remove %s\n", dir);
 }
 
+/* A scratch directory and one file in it: the fixture of the file-format tests. */
+struct cdp_test_dirfile {
+	char dir[256];
+	char path[300];	/* dir/name */
+};
+
+/* cmocka setup: *@state becomes a cdp_test_dirfile whose path names @name. */
+static inline int cdp_test_dirfile_setup(void **state, const char *name)
+{
+	struct cdp_test_dirfile *fx = calloc(1, sizeof(*fx));
+
+	if (!fx || !cdp_test_mkdtemp(fx->dir, sizeof(fx->dir))) {
+		free(fx);
+		return -1;
+	}
+	snprintf(fx->path, sizeof(fx->path), "%s/%s", fx->dir, name);
+	*state = fx;
+	return 0;
+}
+
+static inline int cdp_test_dirfile_teardown(void **state)
+{
+	struct cdp_test_dirfile *fx = *state;
+
+	cdp_test_rmrf(fx->dir);
+	free(fx);
+	return 0;
+}
+
 /* Bytes zstd cannot shrink, the same for the same @seed (xorshift64). */
 static inline void cdp_test_noise(uint8_t *p, size_t len, uint64_t seed)
 {
