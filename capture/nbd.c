@@ -798,6 +798,14 @@ static void req_finish(struct nbd_req *r)
 }
 
 static void send_failed(struct nbd_conn *c, int rc);
+
+/* A simple reply's 16 bytes for @r. */
+static void reply_header(uint8_t h[16], const struct nbd_req *r)
+{
+	put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
+	put_be32(h + 4, r->error);
+	put_be64(h + 8, r->handle);
+}
 static void req_end(struct nbd_conn *c, struct nbd_req *r);
 
 /* Whether @r is a TRIM/WRITE_ZEROES with pieces still to submit (see req_next_piece). */
@@ -826,9 +834,7 @@ static bool reply_now(struct nbd_conn *c, struct nbd_req *r)
 		return false;
 	if (!r->error && r->rc < 0)
 		r->error = nbd_errno(r->rc);
-	put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
-	put_be32(h + 4, r->error);
-	put_be64(h + 8, r->handle);
+	reply_header(h, r);
 	n = atomic_load(&c->dead) ? (ssize_t)sizeof(h) :
 	    send(c->fd, h, sizeof(h), MSG_DONTWAIT | MSG_NOSIGNAL);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -894,9 +900,7 @@ static void send_reply(struct nbd_conn *c, struct nbd_req *r)
 	struct iovec iov[2] = { { h, sizeof(h) }, { r->data, r->io.length } };
 	int n = 1, rc;
 
-	put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
-	put_be32(h + 4, r->error);
-	put_be64(h + 8, r->handle);
+	reply_header(h, r);
 	if (r->type == NBD_CMD_READ && !r->error)
 		n = 2;
 	pthread_mutex_lock(&c->send_mu);
