@@ -1034,6 +1034,20 @@ static void set_why(struct nbd_conn *c, int rc, const char *what)
 		snprintf(c->why, sizeof(c->why), "receive: %s", strerror(-rc));
 }
 
+/*
+ * A WRITE's payload could not be read (@rc from conn_recv): @r and its slot
+ * go, and the connection ends (EOF inside a request is -EPROTO). Returns
+ * the error for serve_requests() to return.
+ */
+static int payload_lost(struct nbd_conn *c, struct nbd_req *r, int rc)
+{
+	free(r);
+	inflight_put(c);
+	rc = rc == -ENODATA ? -EPROTO : rc;
+	set_why(c, rc, "");
+	return rc;
+}
+
 /* Reads, checks and submits requests until the client leaves. 0 or -errno. */
 static int serve_requests(struct nbd_conn *c)
 {
@@ -1088,13 +1102,8 @@ static int serve_requests(struct nbd_conn *c)
 			r = req_new(c, &q, 0);
 			r->error = (uint32_t)rc;
 			rc = skip_payload(c, skip);
-			if (rc) {
-				free(r);
-				inflight_put(c);
-				rc = rc == -ENODATA ? -EPROTO : rc;
-				set_why(c, rc, "");
-				return rc;
-			}
+			if (rc)
+				return payload_lost(c, r, rc);
 			req_finish(r);
 			continue;
 		}
@@ -1109,13 +1118,8 @@ static int serve_requests(struct nbd_conn *c)
 			r->io.kind = CDP_IO_WRITE;
 			r->io.data = r->data;
 			rc = conn_recv(c, r->data, q.length, -1);
-			if (rc) {
-				free(r);
-				inflight_put(c);
-				rc = rc == -ENODATA ? -EPROTO : rc;
-				set_why(c, rc, "");
-				return rc;
-			}
+			if (rc)
+				return payload_lost(c, r, rc);
 			break;
 		case NBD_CMD_FLUSH:
 			r->io.kind = CDP_IO_FLUSH;
