@@ -63,6 +63,11 @@ struct cdp_cache {
 	uint64_t spill_head, spill_tail;	/* ring positions of the listed spilled bytes */
 	uint64_t spill_segments;
 	struct pin *pins;
+
+	/* Freed CDP_CACHE_SPARE_CAP buffers for the next seals (spare_mu). */
+	pthread_mutex_t spare_mu;
+	uint8_t *spare[CDP_CACHE_SPARES];
+	unsigned nspare;
 };
 
 struct cdp_cache *cdp_cache_new(uint64_t max_bytes)
@@ -73,6 +78,7 @@ struct cdp_cache *cdp_cache_new(uint64_t max_bytes)
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->push_mu, NULL);
 	pthread_mutex_init(&c->drop_mu, NULL);
+	pthread_mutex_init(&c->spare_mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->cond, &ca);
@@ -108,10 +114,38 @@ int cdp_cache_spill_open(struct cdp_cache *c, const char *path, uint64_t size,
 	return 0;
 }
 
+/* Frees @s's bytes, into its cache's spares when they are spare-sized and it has room. */
+static void data_free(struct cdp_cache_seg *s)
+{
+	struct cdp_cache *c = s->owner;
+
+	if (c && s->data && s->cap == CDP_CACHE_SPARE_CAP) {
+		pthread_mutex_lock(&c->spare_mu);
+		if (c->nspare < CDP_CACHE_SPARES) {
+			c->spare[c->nspare++] = s->data;
+			s->data = NULL;
+		}
+		pthread_mutex_unlock(&c->spare_mu);
+	}
+	free(s->data);
+	s->data = NULL;
+}
+
 void cdp_cache_seg_free(struct cdp_cache_seg *s)
 {
-	free(s->data);
+	data_free(s);
 	free(s);
+}
+
+uint8_t *cdp_cache_spare(struct cdp_cache *c)
+{
+	uint8_t *p = NULL;
+
+	pthread_mutex_lock(&c->spare_mu);
+	if (c->nspare)
+		p = c->spare[--c->nspare];
+	pthread_mutex_unlock(&c->spare_mu);
+	return p;
 }
 
 /* Unlinked from the list: the list's own reference goes. Lock held. */
@@ -145,6 +179,9 @@ void cdp_cache_free(struct cdp_cache *c)
 		c->io->close(c->io->ctx, c->fd);
 	}
 	free(c->spill_path);
+	while (c->nspare)
+		free(c->spare[--c->nspare]);
+	pthread_mutex_destroy(&c->spare_mu);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->push_mu);
 	pthread_mutex_destroy(&c->drop_mu);
@@ -239,6 +276,7 @@ int cdp_cache_push(struct cdp_cache *c, struct cdp_cache_seg *s, struct cdp_err 
 
 	s->spilled = false;
 	s->read_err = 0;
+	s->owner = c;
 	pthread_mutex_lock(&c->push_mu);
 	pthread_mutex_lock(&c->mu);
 	if (!c->max_bytes || c->bytes + s->len <= c->max_bytes) {
@@ -277,8 +315,7 @@ int cdp_cache_push(struct cdp_cache *c, struct cdp_cache_seg *s, struct cdp_err 
 				   pos % c->spill_size, strerror(-rc));
 	}
 	assert(c->spill_head == pos);
-	free(s->data);
-	s->data = NULL;
+	data_free(s);
 	s->spilled = true;
 	s->spill_off = pos;
 	link_locked(c, s);
@@ -333,6 +370,7 @@ static struct cdp_cache_seg *read_back_locked(struct cdp_cache *c, const struct 
 	*cp = *s;
 	atomic_init(&cp->refs, 1);
 	cp->next = NULL;
+	cp->owner = NULL;	/* its bytes are its own malloc() */
 	pin_locked(c, &pin, s->spill_off);
 	pthread_mutex_unlock(&c->mu);
 	cp->data = cdp_xmalloc(cp->len);

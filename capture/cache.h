@@ -19,7 +19,8 @@
  * past spill_size. Entries stay where they were pushed (memory or file)
  * until acked: the order is the list's, whichever holds the bytes. Memory is
  * max_bytes of segments + ~200 bytes per entry + the spilled entries being
- * read at the moment (one per holder of cdp_cache_next()).
+ * read at the moment (one per holder of cdp_cache_next()) + the spare
+ * buffers (cdp_cache_spare()).
  *
  * Each entry has a position (pos, increasing by one per push) that the link
  * uses as its send cursor; heartbeats carry no seq of their own, so seqs
@@ -41,6 +42,7 @@
 
 #include "common/clock.h"
 #include "common/err.h"
+#include "storage/segment.h"
 #include "storage/syncckpt.h"
 
 struct cdp_cache;
@@ -63,8 +65,11 @@ struct cdp_cache_seg {
 	 */
 	uint8_t *data;
 	size_t len;
+	/* data's allocation: CDP_CACHE_SPARE_CAP makes it reusable (cdp_cache_spare()) */
+	size_t cap;
 	int read_err;
 	/* private */
+	struct cdp_cache *owner;	/* set by the push */
 	_Atomic unsigned refs;	/* the list's one + each holder's */
 	bool spilled;		/* on the list: bytes in the spill file, data NULL */
 	uint64_t spill_off;	/* ring position (bytes pushed to the spill before it) */
@@ -73,7 +78,7 @@ struct cdp_cache_seg {
 
 /* A cache of @max_bytes of memory (0: unbounded) and no spill file. */
 struct cdp_cache *cdp_cache_new(uint64_t max_bytes);
-/* Frees every entry, empties and closes the spill file. */
+/* Frees every entry, empties and closes the spill file. No holder may remain. */
 void cdp_cache_free(struct cdp_cache *c);
 
 /*
@@ -96,6 +101,18 @@ int cdp_cache_spill_open(struct cdp_cache *c, const char *path, uint64_t size,
  */
 int cdp_cache_push(struct cdp_cache *c, struct cdp_cache_seg *s, struct cdp_err *err);
 void cdp_cache_seg_free(struct cdp_cache_seg *s);
+
+/*
+ * Buffers of CDP_CACHE_SPARE_CAP bytes (a sealer's spare, CDP_SEG_ENC_SPARE)
+ * are not freed when their entry goes: the cache keeps CDP_CACHE_SPARES of
+ * them and hands them back here, NULL when it has none. Their pages stay
+ * resident: a seal into a fresh malloc() pays a page fault per 4 KiB (half
+ * the cost of a full sync's seal, measured), and glibc gives 4 MiB blocks
+ * back to the kernel as often as not.
+ */
+#define CDP_CACHE_SPARE_CAP CDP_SEG_ENC_SPARE
+#define CDP_CACHE_SPARES 16	/* kept at most: 68 MiB */
+uint8_t *cdp_cache_spare(struct cdp_cache *c);
 
 /*
  * The first entry with pos > @after (referenced: cdp_cache_put() it), waiting

@@ -725,6 +725,20 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 	} else if (it->point) {
 		so.t_last = it->t;
 	}
+	/*
+	 * A big segment gets a spare buffer: stored raw (the sync's data, or
+	 * zstd off), it leaves in the records' own buffer and the spare takes
+	 * its place for the next records, with no 4 MiB copy here. From the
+	 * cache's spares, whose pages are resident: neither this thread nor a
+	 * completion's copy into the records' buffer takes page faults.
+	 */
+	if (raw >= CDP_SEG_MAX_RAW / 2) {
+		out.data = cdp_cache_spare(sp->o.cache);
+		if (out.data)
+			out.cap = CDP_CACHE_SPARE_CAP;
+		else
+			cdp_buf_reserve_exact(&out, CDP_CACHE_SPARE_CAP);
+	}
 	cdp_seg_enc_set_prev(it->enc, sp->digest);
 	rc = cdp_seg_enc_seal(it->enc, &so, &out, sp->digest, &err);
 	if (rc) {
@@ -741,6 +755,9 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 	if (so.compression == CDP_COMP_ZSTD && raw >= SEAL_GAIN_MIN * CDP_SECTOR &&
 	    out.len >= CDP_SEG_HDR_LEN + raw - raw / SEAL_GAIN_MIN)
 		sp->seal_skip_zstd = SEAL_SKIP_AFTER_RAW;
+	/* The cache counts len: what zstd saved is given back too. */
+	if (out.cap - out.len > out.len / 8)
+		cdp_buf_shrink(&out);
 	cs = cdp_xcalloc(1, sizeof(*cs));
 	cs->first_seq = first;
 	cs->last_seq = first + nrec - 1;
@@ -755,6 +772,7 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 	memcpy(cs->digest, sp->digest, CDP_DIGEST_LEN);
 	cs->data = out.data;	/* taken */
 	cs->len = out.len;
+	cs->cap = out.cap;
 
 	pthread_mutex_lock(&sp->mu);
 	incremental = sp->mode != CDP_SPLIT_CONTINUOUS;
@@ -783,7 +801,7 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 static void *seal_main(void *arg)
 {
 	struct cdp_splitter *sp = arg;
-	int prio;
+	int rc;
 
 	/*
 	 * Below the threads that answer the application: on a busy machine a
@@ -791,10 +809,9 @@ static void *seal_main(void *arg)
 	 * milliseconds). The sealer still gets its share; when it falls behind,
 	 * its level drops and then completions wait for it (seal_backpressure).
 	 */
-	errno = 0;
-	prio = getpriority(PRIO_PROCESS, (id_t)gettid());
-	if (errno || setpriority(PRIO_PROCESS, (id_t)gettid(), CDP_MIN(prio + SEAL_NICE, 19)))
-		cdp_log_debug("splitter", "splitter: seal thread: setpriority: %s", strerror(errno));
+	rc = cdp_thread_lower(SEAL_NICE);
+	if (rc)
+		cdp_log_debug("splitter", "splitter: seal thread: setpriority: %s", strerror(-rc));
 	for (;;) {
 		struct seal_item *it;
 		unsigned backlog;
@@ -1080,6 +1097,8 @@ static bool all_zero(const uint8_t *p, size_t n)
  */
 #define SYNC_QD 4			/* chunks in flight */
 #define SYNC_ALIGN 4096u		/* O_DIRECT buffer, offset and length */
+#define SYNC_CACHE_MAX (64ull << 20)	/* log cache a sync's records may fill */
+#define SYNC_SPLIT_MIN (64u << 10)	/* a chunk's data is split to fill a segment's room past this */
 #define SYNC_PROBE (64ull << 20)	/* bytes read at full speed to measure the source */
 #define SYNC_PROBE_MIN (4ull << 20)	/* less data than this measures nothing */
 #define SYNC_NAP_MAX (100 * CDP_NS_PER_MS)	/* pacing sleeps between stop checks */
@@ -1186,19 +1205,21 @@ static int sync_marker(struct cdp_splitter *sp, uint16_t kind, const struct cdp_
 }
 
 #define SYNC_ROOM_POLL (100 * CDP_NS_PER_MS)
+/* How long a sync waits for room with its reads in flight (their ranges held). */
+#define SYNC_HOLD_WAIT (20 * CDP_NS_PER_MS)
 
 /*
  * Whether at most SYNC_SEAL_BACKLOG segments wait for the seal thread
- * (waiting up to SYNC_ROOM_POLL for it): the sealer always has the next
+ * (waiting up to @timeout_ns for it): the sealer always has the next
  * segment while the sync fills one more, and never a queue of them.
  */
-static bool seal_room(struct cdp_splitter *sp)
+static bool seal_room(struct cdp_splitter *sp, int64_t timeout_ns)
 {
 	struct timespec until;
 	bool room;
 
 	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_nsec += SYNC_ROOM_POLL;
+	until.tv_nsec += timeout_ns;
 	if (until.tv_nsec >= CDP_NS_PER_SEC) {
 		until.tv_sec++;
 		until.tv_nsec -= CDP_NS_PER_SEC;
@@ -1211,29 +1232,18 @@ static bool seal_room(struct cdp_splitter *sp)
 	return room;
 }
 
-/* The cache fill a sync stops at: room for the open segment, one more and the chunks in flight. */
+/*
+ * The cache fill a sync stops at: room for the open segment, one more and
+ * the chunks in flight; and at most SYNC_CACHE_MAX, enough to cover the
+ * journal's acknowledgement delay at the disk's speed. More would not make
+ * the sync faster, only hold more memory and give CDP records less room.
+ */
 static uint64_t sync_cache_limit(struct cdp_splitter *sp)
 {
 	uint64_t max = cdp_cache_max_bytes(sp->o.cache);
 	uint64_t keep = 2ull * CDP_SEG_MAX_RAW + (uint64_t)SYNC_QD * SYNC_CHUNK;
 
-	return max > 2 * keep ? max - keep : max / 2;
-}
-
-/*
- * Room for more sync records without waiting: at most the segment being
- * sealed (the sync's reads overlap its sealing, never a queue of them), and
- * the cache under its limit.
- */
-static bool sync_room_now(struct cdp_splitter *sp)
-{
-	unsigned backlog;
-
-	pthread_mutex_lock(&sp->seal_mu);
-	backlog = sp->seal_backlog;
-	pthread_mutex_unlock(&sp->seal_mu);
-	return backlog <= SYNC_SEAL_BACKLOG &&
-	       cdp_cache_wait_room(sp->o.cache, sync_cache_limit(sp), 0);
+	return CDP_MIN(max > 2 * keep ? max - keep : max / 2, SYNC_CACHE_MAX);
 }
 
 /*
@@ -1245,7 +1255,8 @@ static int sync_room(struct cdp_splitter *sp, const _Atomic bool *stop, struct c
 {
 	uint64_t limit = sync_cache_limit(sp);
 
-	while (!seal_room(sp) || !cdp_cache_wait_room(sp->o.cache, limit, SYNC_ROOM_POLL)) {
+	while (!seal_room(sp, SYNC_ROOM_POLL) ||
+	       !cdp_cache_wait_room(sp->o.cache, limit, SYNC_ROOM_POLL)) {
 		if (stop && atomic_load(stop))
 			return cdp_err_set(err, -ECANCELED, "resync: stopped");
 		if (cdp_splitter_mode(sp) != CDP_SPLIT_CONTINUOUS)
@@ -1472,6 +1483,37 @@ static int sync_read_finish(struct sync *s, struct sync_slot *sl, struct cdp_err
  * Finishes the oldest chunk: its read, its RESYNC record (unless @rc says the
  * sync already failed), its range. Returns @rc or the first error.
  */
+/*
+ * Adds a chunk's record (mu held). Its data fills the open segment: the
+ * part that fits closes it, the rest starts the next one. 1 MiB chunks
+ * whole would leave each segment at 3 MiB, a third more segments to seal,
+ * send, index and acknowledge, and each one's sealed buffer too small to be
+ * a spare (seal_one).
+ */
+static int add_sync_record_locked(struct cdp_splitter *sp, struct cdp_record *r,
+				  struct cdp_err *err)
+{
+	size_t room = CDP_SEG_MAX_RAW - cdp_seg_enc_raw_len(sp->enc);
+	struct cdp_record rest;
+	uint32_t head;
+	int rc;
+
+	if (r->kind != CDP_REC_WRITE || room < CDP_REC_HDR_LEN + SYNC_SPLIT_MIN ||
+	    room >= cdp_seg_record_size(r->length))
+		return add_record_locked(sp, r, err);
+	head = (uint32_t)CDP_ALIGN_DOWN(room - CDP_REC_HDR_LEN, SYNC_ALIGN);
+	rest = *r;
+	r->length = head;
+	rc = add_record_locked(sp, r, err);
+	r->length = rest.length;
+	if (rc)
+		return rc;
+	rest.offset += head;
+	rest.length -= head;
+	rest.payload += head;
+	return add_record_locked(sp, &rest, err);
+}
+
 static int sync_finish(struct sync *s, int rc, struct cdp_err *err)
 {
 	struct cdp_splitter *sp = s->sp;
@@ -1499,7 +1541,7 @@ static int sync_finish(struct sync *s, int rc, struct cdp_err *err)
 		if (sp->mode != CDP_SPLIT_CONTINUOUS) {
 			rc = cdp_err_set(err, -ECANCELED, "resync: the plan went incremental");
 		} else {
-			rc = add_record_locked(sp, &r, err);
+			rc = add_sync_record_locked(sp, &r, err);
 			if (!rc && r.kind == CDP_REC_WRITE)
 				sp->st.resync_bytes += sl->len;
 			else if (!rc)
@@ -1572,7 +1614,15 @@ static int sync_throttle(struct sync *s, struct vol *v, uint64_t off, struct cdp
 			return cdp_err_set(err, -ECANCELED, "resync: stopped");
 		nap(CDP_MIN(wait, SYNC_NAP_MAX));
 	}
-	if (sync_room_now(s->sp))
+	/*
+	 * Room within a few milliseconds (the sealer finishing a segment, the
+	 * journal acknowledging one) is waited for with the reads in flight:
+	 * draining them first would leave the disk and then the sealer idle at
+	 * every wait. A longer wait (a link down) drains first, so that an
+	 * application write waiting for one of our chunks does not wait for it.
+	 */
+	if (seal_room(s->sp, SYNC_HOLD_WAIT) &&
+	    cdp_cache_wait_room(s->sp->o.cache, sync_cache_limit(s->sp), SYNC_HOLD_WAIT))
 		return 0;
 	rc = sync_drain(s, 0, err);
 	return rc ? rc : sync_room(s->sp, s->stop, err);

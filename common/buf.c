@@ -1,5 +1,5 @@
 /*
- * common/buf - see buf.h. Capacity doubles; no shrinking.
+ * common/buf - see buf.h. Capacity doubles unless reserved exactly; shrinks only when asked.
  */
 #include "common/buf.h"
 
@@ -18,6 +18,28 @@ void cdp_buf_reserve(struct cdp_buf *b, size_t extra)
 		cap *= 2;
 	b->data = cdp_xrealloc(b->data, cap);
 	b->cap = cap;
+}
+
+void cdp_buf_reserve_exact(struct cdp_buf *b, size_t extra)
+{
+	size_t need = b->len + extra;
+
+	if (need <= b->cap)
+		return;
+	b->data = cdp_xrealloc(b->data, need);
+	b->cap = need;
+}
+
+void cdp_buf_shrink(struct cdp_buf *b)
+{
+	if (b->len == b->cap || !b->data)
+		return;
+	if (!b->len) {
+		cdp_buf_release(b);
+		return;
+	}
+	b->data = cdp_xrealloc(b->data, b->len);
+	b->cap = b->len;
 }
 
 void cdp_buf_append(struct cdp_buf *b, const void *p, size_t n)

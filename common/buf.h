@@ -26,6 +26,10 @@ struct cdp_buf {
 
 /* Makes room for @extra more bytes past len. */
 void cdp_buf_reserve(struct cdp_buf *b, size_t extra);
+/* Same without doubling: capacity becomes exactly len + @extra when it grows. */
+void cdp_buf_reserve_exact(struct cdp_buf *b, size_t extra);
+/* Gives back the capacity past len (in place for glibc: no copy). */
+void cdp_buf_shrink(struct cdp_buf *b);
 void cdp_buf_append(struct cdp_buf *b, const void *p, size_t n);
 /* Appends @n zero bytes and returns a pointer to them (valid until the next growth). */
 uint8_t *cdp_buf_append_zero(struct cdp_buf *b, size_t n);

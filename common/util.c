@@ -6,7 +6,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/ioprio.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static void oom(size_t size)
@@ -109,6 +112,28 @@ int cdp_thread_start(pthread_t *t, const char *name, void *(*fn)(void *), void *
 void cdp_thread_set_name(const char *name)
 {
 	prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+int cdp_thread_io_idle(void)
+{
+	if (syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, (int)gettid(),
+		    IOPRIO_PRIO_VALUE(IOPRIO_CLASS_IDLE, 0)))
+		return -errno;
+	return 0;
+}
+
+int cdp_thread_lower(int nice)
+{
+	id_t tid = (id_t)gettid();
+	int prio;
+
+	errno = 0;
+	prio = getpriority(PRIO_PROCESS, tid);
+	if (errno)
+		return -errno;
+	if (setpriority(PRIO_PROCESS, tid, prio + nice > 19 ? 19 : prio + nice))
+		return -errno;
+	return 0;
 }
 
 int cdp_write_all(int fd, const void *buf, size_t len)

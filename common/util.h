@@ -74,6 +74,23 @@ int cdp_thread_start(pthread_t *t, const char *name, void *(*fn)(void *), void *
 /* Names the calling thread (main() uses it for "main"). */
 void cdp_thread_set_name(const char *name);
 
+/*
+ * Lowers the calling thread's priority by @nice (its nice value + @nice, at
+ * most 19), for background work that must not take a CPU from the threads
+ * that answer a client: on a busy machine they run first, and the
+ * background thread still gets its share (nice 5: about a third of a
+ * normal thread's). Returns 0 or -errno (the thread runs on unchanged).
+ */
+int cdp_thread_lower(int nice);
+
+/*
+ * Puts the calling thread's disk I/O in the idle class: the kernel's
+ * scheduler (mq-deadline, bfq) serves it when no other I/O waits. For
+ * work done ahead of need (journald's spare extent files). Returns 0 or
+ * -errno (the thread's I/O keeps its class).
+ */
+int cdp_thread_io_idle(void);
+
 /* write()/pwrite() of all @len bytes, retrying short writes and EINTR; 0 or -errno. */
 int cdp_write_all(int fd, const void *buf, size_t len);
 int cdp_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);

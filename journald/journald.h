@@ -40,6 +40,7 @@ struct jd_config {
 	uint64_t extent_size;
 	int64_t retain_interval;
 	int64_t verify_interval;
+	int64_t verify_defer_max;
 	int64_t ingest_queue;	/* segments queued per stream before reads pause */
 	int64_t ingest_threads;
 	uint64_t spare_extents;

@@ -77,6 +77,9 @@ static const struct cdp_conf_option options[] = {
 	{ "journal", "verify_interval", CDP_CONF_DURATION_AT(struct jd_config, verify_interval),
 	  .def = "200ms", .min = 10 * CDP_NS_PER_MS, .max = 60 * CDP_NS_PER_SEC,
 	  .flags = CDP_CONF_F_RESTART, .help = "How soon new segments are read back and checked." },
+	{ "journal", "verify_defer_max", CDP_CONF_DURATION_AT(struct jd_config, verify_defer_max),
+	  .def = "10s", .min = 0, .max = INT64_C(3600) * CDP_NS_PER_SEC, .flags = CDP_CONF_F_RESTART,
+	  .help = "How long read-backs may wait while ingest is busy (0: never)." },
 };
 
 static const struct cdp_conf_table table = CDP_CONF_TABLE("cdp-journald", options,
@@ -209,6 +212,7 @@ int main(int argc, char **argv)
 	jo.spare_extents = (unsigned)d->cfg.spare_extents;
 	jo.retain_interval_ns = d->cfg.retain_interval;
 	jo.verify_interval_ns = d->cfg.verify_interval;
+	jo.verify_defer_max_ns = d->cfg.verify_defer_max;
 	jo.on_event = jd_on_journal_event;
 	jo.event_arg = d;
 	/* Before the journal: its open may already report a bad segment to us. */

@@ -2340,19 +2340,42 @@ bool jbg_sleep(struct cdp_journal *j, int64_t ns)
 	return bg_sleep(j, ns);
 }
 
+bool jbusy_check(struct cdp_journal *j, struct jbusy *m)
+{
+	int64_t now = cdp_clock_mono_ns(j->clock);
+	uint64_t bytes;
+	bool busy;
+
+	cdp_journal_commit_stats(j, NULL, NULL, &bytes);
+	busy = m->t && now > m->t &&
+	       (double)(bytes - m->bytes) * CDP_NS_PER_SEC >=
+	       (double)CDP_JOURNAL_BUSY_RATE * (double)(now - m->t);
+	m->bytes = bytes;
+	m->t = now;
+	return busy;
+}
+
 static void *prep_main(void *arg)
 {
 	struct cdp_journal *j = arg;
+	struct jbusy m = { 0 };
 
+	/*
+	 * Spares are written when the disk has little else to do: while
+	 * ingest is busy (a full sync) the journal's own writes and its
+	 * clients' go first, and when the spares run out the extents grow as
+	 * they are written (once, instead of zeros then data).
+	 */
+	cdp_thread_io_idle();
+	jbusy_check(j, &m);
 	for (;;) {
 		struct cdp_err err = CDP_ERR_INIT;
 		uint64_t n;
-		bool need;
-
+		bool need, busy = jbusy_check(j, &m);
 		uint64_t avail = 0;
 
 		pthread_mutex_lock(&j->mu);
-		need = j->nspares < j->opts.spare_extents;
+		need = j->nspares < j->opts.spare_extents && !busy;
 		n = j->next_spare++;
 		pthread_mutex_unlock(&j->mu);
 		if (need && !space_ok(j, j->opts.extent_max_bytes, &avail))

@@ -69,6 +69,9 @@ struct cdp_journal_event {
 	char msg[CDP_ERR_MSG_MAX];
 };
 
+/* Ingest this fast (bytes/s) is busy: the verifier and spare files wait for it. */
+#define CDP_JOURNAL_BUSY_RATE (20u << 20)
+
 struct cdp_journal_opts {
 	struct cdp_clock *clock;	/* NULL = the real clock */
 	const struct cdp_io *io;	/* NULL = cdp_io_real() */
@@ -80,6 +83,12 @@ struct cdp_journal_opts {
 	int64_t submit_timeout_ns;	/* how long submit waits for queue room; default 10 s */
 	bool no_verifier;		/* tests: no background verifier thread */
 	int64_t verify_interval_ns;	/* verifier poll interval; default 200 ms */
+	/*
+	 * How long the verifier may let its rounds go while ingest is busy
+	 * (more than CDP_JOURNAL_BUSY_RATE bytes/s stored): its read-backs
+	 * and hashes then wait for a pause, or for this long at most. 0 = never.
+	 */
+	int64_t verify_defer_max_ns;
 	int64_t retain_interval_ns;	/* retention thread period; 0 = no thread (call fold) */
 	uint64_t fold_batch_bytes;	/* segment bytes folded per step; default 256 MiB */
 	void (*on_event)(void *arg, const struct cdp_journal_event *ev);

@@ -29,6 +29,16 @@
 
 #include "storage/journal.h"
 
+/*
+ * The verifier runs this much below the threads that take and acknowledge
+ * segments, and its reads in the idle I/O class: on a shared machine a
+ * capture client's request does not wait for a CPU behind a 4 MiB SHA-256
+ * nor for the disk behind a read-back, and a busy journal catches up on
+ * proofs when ingest pauses (their lag is reported: verified_seq). Nice 10:
+ * about a tenth of a normal thread's CPU share.
+ */
+#define JBG_NICE 10
+
 #define JSEG_KEY_LEN 24
 #define JPOINT_KEY_LEN 24
 #define JSEG_VAL_LEN 96
@@ -269,6 +279,22 @@ void jfiles_release_below(struct cdp_journal *j, struct jplan *p, uint64_t seq);
 
 /* verifier (journal_verify.c) */
 void *jverify_main(void *arg);
+/*
+ * Whether ingest is busy (journal.c): stored at CDP_JOURNAL_BUSY_RATE or
+ * more since the previous call with @m (the first call says no).
+ */
+struct jbusy {
+	uint64_t bytes;
+	int64_t t;
+};
+bool jbusy_check(struct cdp_journal *j, struct jbusy *m);
+/*
+ * The verifier's choice for one round (journal_verify.c): true = let it go.
+ * @busy: ingest is busy, @now: monotonic time, @since: when the current
+ * deferral began (*@deferring says whether one has); updated.
+ */
+bool jverify_defer(const struct cdp_journal_opts *o, bool busy, int64_t now, bool *deferring,
+		   int64_t *since);
 int jverify_plan(struct cdp_journal *j, struct jplan *p, struct cdp_err *err);
 
 /* events */

@@ -247,13 +247,45 @@ int cdp_journal_verify_now(struct cdp_journal *j, struct cdp_err *err)
 	return rc;
 }
 
+bool jverify_defer(const struct cdp_journal_opts *o, bool busy, int64_t now, bool *deferring,
+		   int64_t *since)
+{
+	if (!o->verify_defer_max_ns || !busy) {
+		*deferring = false;
+		return false;
+	}
+	if (!*deferring) {
+		*deferring = true;
+		*since = now;
+	}
+	if (now - *since < o->verify_defer_max_ns)
+		return true;
+	*deferring = false;	/* this round runs; the next busy one starts over */
+	return false;
+}
+
+/*
+ * Ingest first: under a sustained load (a full sync) the read-backs would
+ * take the disk, and the hashes the CPU, from the segments arriving. The
+ * verifier lets its rounds go then, for verify_defer_max at most, and a
+ * round catches up on everything stored since.
+ */
 void *jverify_main(void *arg)
 {
 	struct cdp_journal *j = arg;
+	struct jbusy m = { 0 };
+	int64_t since = 0;
+	bool deferring = false;
 
+	cdp_thread_lower(JBG_NICE);
+	cdp_thread_io_idle();
+	jbusy_check(j, &m);
 	while (jbg_sleep(j, j->opts.verify_interval_ns)) {
 		struct cdp_err err = CDP_ERR_INIT;
 
+		if (jverify_defer(&j->opts, jbusy_check(j, &m), cdp_clock_mono_ns(j->clock),
+				  &deferring, &since))
+			continue;
 		/* Bad segments were reported as events already. */
 		cdp_journal_verify_now(j, &err);
 	}

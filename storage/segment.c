@@ -373,7 +373,7 @@ struct cdp_seg_enc {
 	uint64_t epoch;
 	uint64_t first_seq;		/* of the segment being built */
 	uint8_t prev[CDP_DIGEST_LEN];	/* digest it chains from */
-	struct cdp_buf raw;		/* records back to back */
+	struct cdp_buf raw;		/* ENC_HEAD bytes of room, then records back to back */
 	uint32_t nrecords;
 	int64_t t_first;		/* first record's time */
 	int64_t t_prev;			/* last record's time */
@@ -382,6 +382,22 @@ struct cdp_seg_enc {
 	bool sync_active;		/* a SYNC_BEGIN without its SYNC_END so far */
 	bool has_mark, has_sync;	/* in the segment being built */
 };
+
+/*
+ * The raw buffer starts with room for a header: a segment stored raw is
+ * handed over whole (cdp_seg_enc_seal) instead of copied.
+ */
+#define ENC_HEAD CDP_SEG_HDR_LEN
+#define ENC_CAP CDP_SEG_ENC_SPARE
+
+_Static_assert(CDP_SEG_ENC_SPARE >= CDP_SEG_HDR_LEN + ZSTD_COMPRESSBOUND(CDP_SEG_MAX_RAW),
+	       "a spare output buffer holds any sealed segment");
+
+/* Empties the records; the buffer is either none yet or at least ENC_CAP. */
+static void enc_empty(struct cdp_seg_enc *enc)
+{
+	enc->raw.len = enc->raw.cap ? ENC_HEAD : 0;
+}
 
 struct cdp_seg_enc *cdp_seg_enc_new(uint64_t plan_id, uint64_t epoch, uint64_t first_seq,
 				    const uint8_t prev_digest[CDP_DIGEST_LEN])
@@ -417,7 +433,7 @@ void cdp_seg_enc_restart(struct cdp_seg_enc *enc, uint64_t first_seq, bool sync_
 	enc->has_mark = enc->has_sync = false;
 	enc->sync_active = sync_active;
 	enc->t_prev = t_min;
-	cdp_buf_reset(&enc->raw);
+	enc_empty(enc);
 }
 
 void cdp_seg_enc_set_prev(struct cdp_seg_enc *enc, const uint8_t prev[CDP_DIGEST_LEN])
@@ -437,7 +453,13 @@ void cdp_seg_enc_free(struct cdp_seg_enc *enc)
 
 size_t cdp_seg_enc_raw_len(const struct cdp_seg_enc *enc)
 {
-	return enc->raw.len;
+	return enc->raw.len ? enc->raw.len - ENC_HEAD : 0;
+}
+
+/* The records added so far. */
+static const uint8_t *enc_raw(const struct cdp_seg_enc *enc)
+{
+	return enc->raw.data + ENC_HEAD;
 }
 
 uint32_t cdp_seg_enc_nrecords(const struct cdp_seg_enc *enc)
@@ -485,10 +507,10 @@ int cdp_seg_enc_add(struct cdp_seg_enc *enc, const struct cdp_record *rec, unsig
 	rc = check_record_payload(&r, -EINVAL, err);
 	if (rc < 0)
 		return rc;
-	if (enc->raw.len + cdp_seg_record_size(plen) > CDP_SEG_MAX_RAW)
+	if (cdp_seg_enc_raw_len(enc) + cdp_seg_record_size(plen) > CDP_SEG_MAX_RAW)
 		return cdp_err_set(err, -E2BIG, "record seq %" PRIu64 ": %zu bytes do not fit, "
 				   "segment holds %zu of %u", r.seq, cdp_seg_record_size(plen),
-				   enc->raw.len, CDP_SEG_MAX_RAW);
+				   cdp_seg_enc_raw_len(enc), CDP_SEG_MAX_RAW);
 
 	if (plen && !(opts & CDP_SEG_ENC_CRC_TRUSTED)) {
 		uint32_t crc = cdp_crc32c(0, r.payload, plen);
@@ -500,9 +522,11 @@ int cdp_seg_enc_add(struct cdp_seg_enc *enc, const struct cdp_record *rec, unsig
 					   "record seq %" PRIu64 ": crc32c 0x%08" PRIx32
 					   ", payload has 0x%08" PRIx32, r.seq, r.crc32c, crc);
 	}
-	if (!enc->raw.cap)
-		cdp_buf_reserve(&enc->raw, CDP_SEG_MAX_RAW);	/* one allocation, reused */
-	cdp_buf_reserve(&enc->raw, cdp_seg_record_size(plen));
+	if (!enc->raw.cap) {
+		/* One allocation, reused (or exchanged by a seal). */
+		cdp_buf_reserve_exact(&enc->raw, ENC_CAP);
+		enc_empty(enc);
+	}
 	p = enc->raw.data + enc->raw.len;
 	put_record_header(p, &r);
 	if (plen)
@@ -528,7 +552,8 @@ static int encoder_digest(struct cdp_seg_enc *enc, uint8_t out[CDP_DIGEST_LEN],
 
 	if (EVP_DigestInit_ex(enc->sha, sha256(), NULL) != 1 ||
 	    EVP_DigestUpdate(enc->sha, enc->prev, CDP_DIGEST_LEN) != 1 ||
-	    (enc->raw.len && EVP_DigestUpdate(enc->sha, enc->raw.data, enc->raw.len) != 1) ||
+	    (cdp_seg_enc_raw_len(enc) &&
+	     EVP_DigestUpdate(enc->sha, enc_raw(enc), cdp_seg_enc_raw_len(enc)) != 1) ||
 	    EVP_DigestFinal_ex(enc->sha, out, &n) != 1 || n != CDP_DIGEST_LEN)
 		return cdp_err_set(err, -EIO, "sha-256: openssl digest failed");
 	return 0;
@@ -545,7 +570,7 @@ static long compress_body(struct cdp_seg_enc *enc, int level, uint8_t *dst, size
 	if (!ZSTD_isError(n))
 		n = ZSTD_CCtx_setParameter(enc->cctx, ZSTD_c_contentSizeFlag, 1);
 	if (!ZSTD_isError(n))
-		n = ZSTD_compress2(enc->cctx, dst, cap, enc->raw.data, enc->raw.len);
+		n = ZSTD_compress2(enc->cctx, dst, cap, enc_raw(enc), cdp_seg_enc_raw_len(enc));
 	if (ZSTD_isError(n))
 		return cdp_err_set(err, -EIO, "zstd level %d: %s", level, ZSTD_getErrorName(n));
 	return (long)n;
@@ -556,9 +581,10 @@ int cdp_seg_enc_seal(struct cdp_seg_enc *enc, const struct cdp_seg_seal_opts *op
 {
 	static const struct cdp_seg_seal_opts none = { 0 };
 	struct cdp_seg_header h = { 0 };
-	size_t base = out->len, raw_len = enc->raw.len;
+	size_t base = out->len, raw_len = cdp_seg_enc_raw_len(enc);
 	uint8_t *body;
 	int level = 0, rc;
+	bool swap;
 
 	if (!opts)
 		opts = &none;
@@ -623,12 +649,22 @@ int cdp_seg_enc_seal(struct cdp_seg_enc *enc, const struct cdp_seg_seal_opts *op
 			h.body_len = (uint32_t)n;
 		}
 	}
-	if (h.compression == CDP_COMP_NONE && raw_len)
-		memcpy(body, enc->raw.data, raw_len);
+	swap = h.compression == CDP_COMP_NONE && raw_len && !base && out->cap >= ENC_CAP;
+	if (swap)
+		body = enc->raw.data + ENC_HEAD;
+	else if (h.compression == CDP_COMP_NONE && raw_len)
+		memcpy(body, enc_raw(enc), raw_len);
 	h.body_crc32c = cdp_crc32c(0, body, h.body_len);
 	rc = encoder_digest(enc, h.digest, err);
 	if (rc < 0)
 		return rc;
+	if (swap) {
+		/* Stored raw: the records' buffer becomes the segment, @out's the next records'. */
+		struct cdp_buf t = *out;
+
+		*out = enc->raw;
+		enc->raw = t;
+	}
 	cdp_seg_write_header(&h, out->data + base);
 	out->len = base + CDP_SEG_HDR_LEN + h.body_len;
 
@@ -639,7 +675,7 @@ int cdp_seg_enc_seal(struct cdp_seg_enc *enc, const struct cdp_seg_seal_opts *op
 	enc->first_seq += enc->nrecords;
 	enc->nrecords = 0;
 	enc->has_mark = enc->has_sync = false;
-	cdp_buf_reset(&enc->raw);
+	enc_empty(enc);
 	return 0;
 }
 

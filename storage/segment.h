@@ -241,7 +241,13 @@ struct cdp_seg_seal_opts {
  * (compression none) and the header says so. On success the encoder is reset
  * to continue the chain: next first_seq = last_seq + 1, prev digest = this
  * segment's digest (also copied to @digest_out when not NULL).
+ *
+ * Without a copy: when @out is empty with at least CDP_SEG_ENC_SPARE bytes
+ * of capacity and the body is stored raw, the encoder's records buffer
+ * becomes @out (the segment is written around the records in place) and
+ * @out's allocation becomes the encoder's buffer for the next records.
  */
+#define CDP_SEG_ENC_SPARE (CDP_SEG_HDR_LEN + CDP_SEG_MAX_RAW + (CDP_SEG_MAX_RAW >> 8) + 4096)
 int cdp_seg_enc_seal(struct cdp_seg_enc *enc, const struct cdp_seg_seal_opts *opts,
 		     struct cdp_buf *out, uint8_t digest_out[CDP_DIGEST_LEN], struct cdp_err *err);
 

@@ -261,6 +261,53 @@ static void test_memory_only_refuses_past_its_bound(void **state)
 	cdp_cache_free(c);
 }
 
+/* Spare-sized buffers come back for the next seals once their entry is gone, a bounded number. */
+static void test_spare_buffers_are_recycled(void **state)
+{
+	enum { N = CDP_CACHE_SPARES + 4 };
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_cache *c = cdp_cache_new(0);
+	struct cdp_cache_seg *held;
+	uint8_t *pushed[N + 1], *p;
+	unsigned got = 0;
+
+	(void)state;
+	for (uint64_t i = 1; i <= N + 1; i++) {
+		struct cdp_cache_seg *s = mkseg_len(i, 100);
+
+		if (i <= N) {
+			s->data = cdp_xrealloc(s->data, CDP_CACHE_SPARE_CAP);
+			s->cap = CDP_CACHE_SPARE_CAP;
+		}
+		pushed[i - 1] = s->data;
+		assert_int_equal(cdp_cache_push(c, s, &err), 0);
+	}
+	assert_null(cdp_cache_spare(c));	/* nothing freed yet */
+	held = cdp_cache_next(c, 0, 0);		/* the link still sends the first */
+	assert_non_null(held);
+	assert_ptr_equal(held->data, pushed[0]);
+	cdp_cache_ack(c, N + 1, NULL);
+	/* All but the held one are gone: at most CDP_CACHE_SPARES come back, each a spare-sized one. */
+	while ((p = cdp_cache_spare(c))) {
+		bool known = false;
+
+		for (unsigned i = 1; i < N; i++)
+			known = known || p == pushed[i];
+		assert_true(known);	/* never the held one, never the ordinary last one */
+		memset(p, 0xa5, CDP_CACHE_SPARE_CAP);	/* ours now, all of it */
+		free(p);
+		got++;
+	}
+	assert_int_equal(got, CDP_CACHE_SPARES);
+	/* The held one's buffer comes back when the link lets it go. */
+	cdp_cache_put(held);
+	p = cdp_cache_spare(c);
+	assert_ptr_equal(p, pushed[0]);
+	free(p);
+	assert_null(cdp_cache_spare(c));
+	cdp_cache_free(c);
+}
+
 static void test_spill_keeps_order_and_bytes(void **state)
 {
 	struct fx *f = *state;
@@ -741,6 +788,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_memory_only_refuses_past_its_bound),
+		cmocka_unit_test(test_spare_buffers_are_recycled),
 		cmocka_unit_test_setup_teardown(test_spill_keeps_order_and_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_acks_free_memory_and_ring_space, setup,
 						teardown),

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "common/fault.h"
+#include "storage/journal_int.h"
 
 struct fixture {
 	char dir[256];
@@ -677,6 +678,73 @@ static void flip_byte_of_segment(struct fixture *f, uint64_t seq, size_t at)
 	cdp_buf_release(&seg);
 }
 
+/* The verifier defers to a busy ingest, for verify_defer_max at most. */
+static void test_verifier_defers_to_busy_ingest(void **state)
+{
+	struct cdp_journal_opts o = { .verify_interval_ns = 200 * CDP_NS_PER_MS,
+				      .verify_defer_max_ns = 10 * CDP_NS_PER_SEC };
+	int64_t t = 1000 * CDP_NS_PER_SEC, since = 0;
+	bool deferring = false;
+
+	(void)state;
+	/* A quiet journal: every round runs. */
+	assert_false(jverify_defer(&o, false, t, &deferring, &since));
+	/* Busy: rounds go until the deferral is as old as the limit, then one runs. */
+	for (int i = 0; i < 50; i++) {
+		assert_true(jverify_defer(&o, true, t, &deferring, &since));
+		t += o.verify_interval_ns;
+	}
+	assert_int_equal(t - since, o.verify_defer_max_ns);
+	assert_false(jverify_defer(&o, true, t, &deferring, &since));
+	/* Still busy: a new deferral starts from there. */
+	assert_true(jverify_defer(&o, true, t + 1, &deferring, &since));
+	/* A quiet round ends it at once. */
+	assert_false(jverify_defer(&o, false, t + 2, &deferring, &since));
+	assert_false(deferring);
+	assert_true(jverify_defer(&o, true, t + 3, &deferring, &since));
+	assert_int_equal(since, t + 3);
+	/* 0: never deferred. */
+	o.verify_defer_max_ns = 0;
+	assert_false(jverify_defer(&o, true, t, &deferring, &since));
+}
+
+/* Busy means stored at CDP_JOURNAL_BUSY_RATE or more since the last look, by the journal's clock. */
+static void test_busy_meter(void **state)
+{
+	struct fixture *f = *state;
+	struct cdp_journal_opts o = { 0 };
+	struct cdp_clock clock, *clk = &clock;
+	struct jbusy m = { 0 };
+	uint64_t bytes;
+
+	cdp_journal_close(f->j);
+	cdp_clock_fake_init(clk, 1000 * CDP_NS_PER_SEC, 1000 * CDP_NS_PER_SEC);
+	o.clock = clk;
+	o.no_verifier = true;
+	f->j = jt_open(f->dir, &o);
+	assert_false(jbusy_check(f->j, &m));	/* the first look has nothing to compare */
+	full_sync(&f->w);
+	jt_seal(&f->w, true);
+	jt_append_ok(f->j, &f->w);
+	cdp_journal_commit_stats(f->j, NULL, NULL, &bytes);
+	assert_true(bytes > 0);
+	/* Those bytes in a window just long enough to be below the rate: not busy. */
+	cdp_clock_fake_advance(clk, (int64_t)((double)bytes * CDP_NS_PER_SEC /
+					      CDP_JOURNAL_BUSY_RATE) + CDP_NS_PER_MS);
+	assert_false(jbusy_check(f->j, &m));
+	/* The same again in a much shorter window: busy. */
+	jt_write(&f->w, 0, 0, 65536);
+	jt_seal(&f->w, true);
+	jt_append_ok(f->j, &f->w);
+	cdp_clock_fake_advance(clk, 1000);
+	assert_true(jbusy_check(f->j, &m));
+	/* Nothing stored since: quiet. */
+	cdp_clock_fake_advance(clk, 1000);
+	assert_false(jbusy_check(f->j, &m));
+	cdp_journal_close(f->j);
+	f->j = NULL;
+}
+
 static void test_verifier_finds_flipped_byte(void **state)
 {
 	struct fixture *f = *state;
@@ -843,6 +911,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_seed_reader_gives_the_base_image, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_verifier_finds_flipped_byte, setup, teardown),
+		cmocka_unit_test(test_verifier_defers_to_busy_ingest),
+		cmocka_unit_test_setup_teardown(test_busy_meter, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_plan_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_sync_is_never_taken_as_success, setup,
 						teardown),

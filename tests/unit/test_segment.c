@@ -485,6 +485,78 @@ static void test_incompressible_body_is_stored_raw(void **state)
 	cdp_buf_release(&b);
 }
 
+/*
+ * With a spare buffer, a segment stored raw leaves in the records' own
+ * buffer (no copy) and the spare becomes the encoder's: the bytes are the
+ * same as a copying seal's, and the chain goes on across the exchange.
+ */
+static void test_seal_into_spare_is_the_same_segment(void **state)
+{
+	static uint8_t pay[256 << 10];
+	struct cdp_seg_enc *a = cdp_seg_enc_new(PLAN, EPOCH, 1, NULL);
+	struct cdp_seg_enc *b = cdp_seg_enc_new(PLAN, EPOCH, 1, NULL);
+	struct cdp_seg_seal_opts o = { .compression = CDP_COMP_ZSTD, .level = 1 };
+	struct cdp_err err = CDP_ERR_INIT;
+	uint8_t prev[CDP_DIGEST_LEN];
+	uint64_t seq = 1;
+
+	(void)state;
+	memcpy(prev, cdp_digest_zero, CDP_DIGEST_LEN);
+	for (int s = 0; s < 3; s++) {
+		struct cdp_buf copied = CDP_BUF_INIT, spare = CDP_BUF_INIT;
+		struct cdp_seg_expect ex = { .prev_digest = prev, .check_first_seq = true,
+					     .first_seq = seq, .min_time = T0 };
+		struct cdp_segment *seg;
+		uint8_t *given;
+
+		for (int i = 0; i < 4; i++, seq++) {
+			struct cdp_record r = rec_make(CDP_REC_WRITE, 0, 0, (uint64_t)i << 18,
+						       sizeof(pay), T0 + (int64_t)seq, pay);
+
+			fill_random(pay, sizeof(pay));	/* zstd gains nothing: stored raw */
+			r.seq = seq;
+			assert_int_equal(cdp_seg_enc_add(a, &r, CDP_SEG_ENC_COMPUTE_CRC, &err), 0);
+			assert_int_equal(cdp_seg_enc_add(b, &r, CDP_SEG_ENC_COMPUTE_CRC, &err), 0);
+		}
+		assert_int_equal(cdp_seg_enc_seal(a, &o, &copied, NULL, &err), 0);
+		cdp_buf_reserve_exact(&spare, CDP_SEG_ENC_SPARE);
+		given = spare.data;
+		assert_int_equal(cdp_seg_enc_seal(b, &o, &spare, NULL, &err), 0);
+		/* Exchanged, not copied: the spare went to the encoder. */
+		if (spare.data == given)
+			fail_msg("segment %d: copied into the spare, not exchanged", s);
+		assert_true(spare.cap >= CDP_SEG_ENC_SPARE);
+		assert_int_equal(spare.len, copied.len);
+		assert_memory_equal(spare.data, copied.data, copied.len);
+		assert_int_equal(cdp_seg_enc_raw_len(b), 0);
+		if (cdp_seg_decode(spare.data, spare.len, &ex, &seg, &err))
+			fail_msg("decode segment %d: %s", s, err.msg);
+		assert_int_equal(seg->h.compression, CDP_COMP_NONE);
+		assert_memory_equal(seg->recs[3].payload, pay, sizeof(pay));
+		memcpy(prev, seg->h.digest, CDP_DIGEST_LEN);
+		cdp_segment_free(seg);
+		cdp_buf_release(&copied);
+		cdp_buf_release(&spare);
+	}
+	/* A spare that is too small, or a non-empty @out, is copied into. */
+	{
+		struct cdp_buf small = CDP_BUF_INIT;
+		struct cdp_record r = rec_make(CDP_REC_WRITE, 0, 0, 0, sizeof(pay), T0 + 100, pay);
+		uint8_t *given;
+
+		r.seq = seq;
+		assert_int_equal(cdp_seg_enc_add(b, &r, CDP_SEG_ENC_COMPUTE_CRC, &err), 0);
+		cdp_buf_reserve_exact(&small, CDP_SEG_ENC_SPARE - 1);
+		given = small.data;
+		assert_int_equal(cdp_seg_enc_seal(b, &o, &small, NULL, &err), 0);
+		assert_ptr_equal(small.data, given);
+		assert_int_equal(small.len, CDP_SEG_HDR_LEN + cdp_seg_record_size(sizeof(pay)));
+		cdp_buf_release(&small);
+	}
+	cdp_seg_enc_free(a);
+	cdp_seg_enc_free(b);
+}
+
 static void test_heartbeat_round_trip(void **state)
 {
 	struct cdp_seg_enc *enc = cdp_seg_enc_new(PLAN, EPOCH, 50, cdp_digest_zero);
@@ -1870,6 +1942,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_enc_accepts_given_crc),
 		cmocka_unit_test(test_enc_trusted_crc),
 		cmocka_unit_test(test_seal_rejects_bad_options),
+		cmocka_unit_test(test_seal_into_spare_is_the_same_segment),
 		cmocka_unit_test(test_decode_accepts_the_fixture),
 		cmocka_unit_test(test_decode_rejects_truncated_header),
 		cmocka_unit_test(test_decode_rejects_truncated_body),

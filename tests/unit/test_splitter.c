@@ -859,6 +859,54 @@ static void full_sync_restores(struct fx *f, bool buffered)
 	assert_true(im.resync_writes >= 5);
 }
 
+/*
+ * A sync's data fills its segments to the brim: a 1 MiB chunk that does not
+ * fit whole is split across two segments, and the image restores exactly.
+ */
+static void test_full_sync_fills_its_segments(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_err err = CDP_ERR_INIT;
+	struct image im = { .chunk_at = UINT64_MAX };
+	static uint8_t buf[1 << 20];
+	uint64_t x = 2463534242ull, pos = 0;
+	unsigned full = 0, partial = 0;
+
+	for (int v = 0; v < 2; v++) {
+		int fd = open(f->path[v], O_RDWR);
+
+		assert_true(fd >= 0);
+		for (uint64_t off = 0; off < vol_size[v]; off += sizeof(buf)) {
+			size_t n = (size_t)CDP_MIN((uint64_t)sizeof(buf), vol_size[v] - off);
+
+			fill_random(buf, n, &x);
+			assert_int_equal(pwrite(fd, buf, n, (off_t)off), (ssize_t)n);
+		}
+		assert_int_equal(fdatasync(fd), 0);
+		close(fd);
+	}
+	start_capture(f);
+	assert_int_equal(cdp_splitter_resync(f->sp, CDP_SYNC_FULL, 0, 0, NULL, NULL, &err), 0);
+	point(f);
+	for (struct cdp_cache_seg *cs; (cs = cdp_cache_next(f->cache, pos, 0)); cdp_cache_put(cs)) {
+		struct cdp_seg_header h;
+
+		pos = cs->pos;
+		assert_int_equal(cdp_seg_parse_header(cs->data, cs->len, &h, &err), 0);
+		if (h.raw_len < (1u << 20))
+			continue;	/* markers, heartbeats */
+		if (h.raw_len > CDP_SEG_MAX_RAW - 8192)
+			full++;
+		else
+			partial++;
+	}
+	/* 16 MiB of data in 4 MiB segments: every one full but the last. */
+	assert_true(full >= 3);
+	assert_true(partial <= 1);
+	check_restore(f, &im);
+	assert_true(im.resync_writes > 16);	/* more records than chunks: some were split */
+}
+
 static void test_full_sync_qd4_direct_restores_the_image(void **state)
 {
 	full_sync_restores(*state, false);
@@ -1179,6 +1227,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unreadable_spilled_segment_dirties_everything,
 						setup_spill, teardown),
+		cmocka_unit_test_setup_teardown(test_full_sync_fills_its_segments, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_sync_qd4_direct_restores_the_image, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_full_sync_buffered_fallback_restores_the_image,
