@@ -909,6 +909,7 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	ao.nvolumes = a->nvol;
 	ao.extent_shift = (unsigned)__builtin_ctzll(a->cfg.extent_size);
 	ao.max_active = (unsigned)a->cfg.max_active;
+	ao.volume_sizes = a->sizes;
 	snprintf(path, sizeof(path), "%s/actlog", a->cfg.state_dir);
 	rc = cdp_actlog_open(path, &ao, &a->al, err);
 	if (rc)

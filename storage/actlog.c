@@ -63,6 +63,7 @@
 #define AL_MAX_ACTIVE 65536u
 #define AL_MAX_VOLUMES 65536u
 #define AL_RANGE_END (UINT64_C(1) << 63)
+#define AL_AHEAD_MAX 32u	/* extents taken ahead of a sequential writer */
 
 /* Header offsets (docs/format.md). */
 enum {
@@ -124,7 +125,8 @@ struct cdp_actlog {
 	unsigned last_slot;		/* written last */
 	bool writing;
 	uint64_t snap, done;		/* slot writes started / newest completed */
-	uint64_t log_writes, spills;
+	uint64_t log_writes, spills, ahead;
+	uint64_t *vol_extents;		/* extents per volume (NULL: none taken ahead) */
 };
 
 /* ---- the set ---------------------------------------------------------- */
@@ -228,6 +230,53 @@ static void drop_inflight(struct cdp_actlog *al, uint32_t volume, uint64_t first
 	}
 }
 
+/* Frees a place in the full set by letting the least recent idle extent go; false if none is. */
+static bool make_idle_room(struct cdp_actlog *al)
+{
+	for (struct ext *e = al->tail; e; e = e->prev) {
+		if (idle(al, e)) {
+			leave(al, e);
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * A log write is due for the new extents [first, last] of @volume: when a
+ * run of active extents ends just before them, the next ones enter too
+ * (twice the run, up to AL_AHEAD_MAX and the volume's end), into free or
+ * idle room only. Lock held.
+ */
+static void take_ahead(struct cdp_actlog *al, uint32_t volume, uint64_t first, uint64_t last,
+		       uint64_t stamp)
+{
+	unsigned run = 0, n;
+	struct ext *e;
+
+	if (!al->vol_extents)
+		return;
+	while (run < AL_AHEAD_MAX && first > run &&
+	       (e = lookup(al, volume, first - 1 - run)) && !e->ghost)
+		run++;
+	n = CDP_MIN(CDP_MIN(2 * run, AL_AHEAD_MAX), al->max_active / 8);
+	for (uint64_t i = last + 1; i <= last + n && i < al->vol_extents[volume]; i++) {
+		e = lookup(al, volume, i);
+		if (e && !e->ghost)
+			continue;
+		if (al->nactive == al->max_active && !make_idle_room(al))
+			return;
+		if (!e)
+			e = hash_add(al, volume, i);
+		e->ghost = false;
+		e->need = al->snap + 1;
+		e->stamp = stamp;
+		al->nactive++;
+		al->ahead++;
+		lru_push(al, e);
+	}
+}
+
 /* Frees a place in the full set for the begin() call @stamp. */
 static int make_room(struct cdp_actlog *al, uint64_t stamp, struct cdp_err *err)
 {
@@ -235,12 +284,8 @@ static int make_room(struct cdp_actlog *al, uint64_t stamp, struct cdp_err *err)
 	struct ext *e;
 	int rc;
 
-	for (e = al->tail; e; e = e->prev) {
-		if (idle(al, e)) {
-			leave(al, e);
-			return 0;
-		}
-	}
+	if (make_idle_room(al))
+		return 0;
 	for (e = al->tail; e && e->stamp == stamp; e = e->prev)
 		;
 	if (!e)		/* cannot happen: the range has fewer extents than the set */
@@ -406,6 +451,8 @@ int cdp_actlog_begin(struct cdp_actlog *al, uint32_t volume, uint64_t off, uint6
 		e->stamp = stamp;
 		need = CDP_MAX(need, e->need);
 	}
+	if (need > al->done)
+		take_ahead(al, volume, first, last, stamp);
 	rc = commit(al, need, err);
 	if (rc < 0)
 		drop_inflight(al, volume, first, last, false, 0);
@@ -476,6 +523,7 @@ void cdp_actlog_stats(struct cdp_actlog *al, struct cdp_actlog_stats *st)
 	for (const struct ext *e = al->head; e; e = e->next)
 		st->busy += !idle(al, e);
 	st->log_writes = al->log_writes;
+	st->ahead = al->ahead;
 	st->spills = al->spills;
 	pthread_mutex_unlock(&al->mu);
 }
@@ -689,6 +737,12 @@ int cdp_actlog_open(const char *path, const struct cdp_actlog_opts *o, struct cd
 	al->max_index = (AL_RANGE_END - 1) >> al->shift;
 	al->spill = o->spill;
 	al->spill_arg = o->spill_arg;
+	if (o->volume_sizes) {
+		al->vol_extents = cdp_xcalloc(al->nvolumes, sizeof(*al->vol_extents));
+		for (unsigned i = 0; i < al->nvolumes; i++)
+			al->vol_extents[i] = (o->volume_sizes[i] + (1ull << al->shift) - 1) >>
+					     al->shift;
+	}
 	al->buf = cdp_xaligned_alloc(CDP_IO_ALIGN, al->slot_size);
 	memset(al->buf, 0, al->slot_size);
 	while (nb < 2 * (size_t)al->max_active)
@@ -739,6 +793,7 @@ void cdp_actlog_close(struct cdp_actlog *al)
 	}
 	free(al->hash);
 	free(al->rec);
+	free(al->vol_extents);
 	free(al->buf);
 	pthread_cond_destroy(&al->cond);
 	pthread_mutex_destroy(&al->mu);

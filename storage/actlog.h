@@ -19,6 +19,12 @@
  *  - When a new extent must enter and the set is full of busy extents, the
  *    least recently used one is handed to @spill (the caller marks its range
  *    dirty in the bitmap and persists that) and then leaves.
+ *  - Sequential writers: when a log write is due for a new extent that
+ *    follows a run of active ones, the extents after it enter in the same
+ *    write, twice the run's length (at most AL_AHEAD_MAX, only into room
+ *    that is free or idle), as readahead does for reads. A stream then
+ *    costs one sync per AL_AHEAD_MAX extents, not one per extent; a crash
+ *    resyncs at most that much more of it. Needs the volume sizes.
  *
  * On-disk: a fixed-size file of slots; each log write goes to the next slot
  * (a ring) with a generation number and CRC32C, holding the whole active set;
@@ -49,6 +55,9 @@ struct cdp_actlog_opts {
 	unsigned extent_shift;	/* 0: 22 (4 MiB); 16..30 */
 	unsigned max_active;	/* 0: 1024 extents (4 GiB of volume at 4 MiB) */
 	const struct cdp_io *io;	/* NULL: the real one */
+	/* Volume sizes in bytes (nvolumes of them): extents past the end are
+	 * never taken ahead. NULL: none are. */
+	const uint64_t *volume_sizes;
 	/* Called (lock held, from begin()) for a busy extent that must leave. */
 	int (*spill)(void *arg, const struct cdp_al_extent *x, struct cdp_err *err);
 	void *spill_arg;
@@ -97,6 +106,7 @@ struct cdp_actlog_stats {
 	unsigned max_active;	/* its bound */
 	unsigned busy;		/* with writes above the last safe seq */
 	uint64_t log_writes;	/* synced slot writes since open */
+	uint64_t ahead;		/* extents taken ahead of a sequential writer */
 	uint64_t spills;	/* busy extents handed to spill */
 };
 void cdp_actlog_stats(struct cdp_actlog *al, struct cdp_actlog_stats *st);

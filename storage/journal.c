@@ -51,6 +51,7 @@
 #define DEF_QUEUE_MAX 1024
 #define DEF_SUBMIT_TIMEOUT (10 * CDP_NS_PER_SEC)
 #define DEF_VERIFY_INTERVAL (200 * CDP_NS_PER_MS)
+#define PREP_PAUSE (50 * CDP_NS_PER_MS)	/* a spare's writing waits this long for a busy ingest */
 #define DEF_FOLD_BATCH (256ull << 20)
 #define DEF_RETENTION (24 * 3600 * CDP_NS_PER_SEC)
 #define JOURNAL_MIN_FREE (24u << 20)
@@ -871,8 +872,14 @@ static bool space_ok(struct cdp_journal *j, uint64_t need, uint64_t *avail)
 	return *avail >= need + JOURNAL_MIN_FREE;
 }
 
-/* Writes a spare extent file once, so later writes into it are overwrites. */
-static int prepare_spare(struct cdp_journal *j, uint64_t n, struct cdp_err *err)
+static bool bg_sleep(struct cdp_journal *j, int64_t ns);
+
+/*
+ * Writes a spare extent file once, so later writes into it are overwrites;
+ * pauses while ingest is busy (@m: the caller's meter). -ECANCELED when the
+ * journal closes meanwhile.
+ */
+static int prepare_spare(struct cdp_journal *j, uint64_t n, struct jbusy *m, struct cdp_err *err)
 {
 	const size_t chunk = 4u << 20;
 	char tmp[4096], path[4096];
@@ -889,7 +896,11 @@ static int prepare_spare(struct cdp_journal *j, uint64_t n, struct cdp_err *err)
 	for (uint64_t off = 0; off < j->opts.extent_max_bytes && !rc; off += chunk) {
 		size_t n_ = (size_t)CDP_MIN((uint64_t)chunk, j->opts.extent_max_bytes - off);
 
-		rc = cdp_io_pwrite(j->io, fd, zero, n_, off);
+		while (!rc && jbusy_check(j, m))
+			if (!bg_sleep(j, PREP_PAUSE))
+				rc = -ECANCELED;
+		if (!rc)
+			rc = cdp_io_pwrite(j->io, fd, zero, n_, off);
 	}
 	free(zero);
 	if (!rc)
@@ -2381,15 +2392,16 @@ static void *prep_main(void *arg)
 		if (need && !space_ok(j, j->opts.extent_max_bytes, &avail))
 			need = false;	/* no room for a spare: writes grow files instead */
 		if (need) {
-			if (prepare_spare(j, n, &err) == 0) {
+			if (prepare_spare(j, n, &m, &err) == 0) {
 				pthread_mutex_lock(&j->mu);
 				j->nspares++;
 				pthread_mutex_unlock(&j->mu);
 				continue;
 			}
-			cdp_log_warn("journal: %s", err.msg);
+			if (err.code != -ECANCELED)
+				cdp_log_warn("journal: %s", err.msg);
 		}
-		if (!bg_sleep(j, need ? CDP_NS_PER_SEC : 50 * CDP_NS_PER_MS))
+		if (!bg_sleep(j, need ? CDP_NS_PER_SEC : PREP_PAUSE))
 			break;
 	}
 	return NULL;

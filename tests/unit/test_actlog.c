@@ -176,6 +176,85 @@ static void test_hot_extents_cost_no_log_write(void **state)
 	cdp_actlog_close(al);
 }
 
+/*
+ * A sequential writer: the extents after a run of active ones enter ahead,
+ * in the same log write, so a stream costs a log write per AL_AHEAD_MAX
+ * (32) extents, never one past the volume's end; random writes take none.
+ */
+static void test_sequential_writer_takes_extents_ahead(void **state)
+{
+	struct cdp_test_dirfile *fx = *state;
+	const uint64_t sizes[2] = { 200 * EXT, 200 * EXT - 512 };
+	struct cdp_actlog_opts o = opts(2, 1024);
+	struct cdp_al_extent x[1024];
+	struct cdp_actlog_stats st;
+	struct cdp_actlog *al;
+	uint64_t seq = 0;
+	size_t n;
+
+	o.volume_sizes = sizes;
+	al = open_ok(fx->path, &o);
+	for (uint64_t i = 0; i < 200; i++) {
+		begin_ok(al, 0, i * EXT, EXT);
+		cdp_actlog_note(al, 0, i * EXT, EXT, ++seq);
+	}
+	st = stats(al);
+	/* 1, 2, 4, 8, 16, 32 ahead: 6 writes for the first 63 extents, then one per 33. */
+	assert_true(st.log_writes <= 12);
+	assert_true(st.ahead > 150);
+	assert_int_equal(st.active, 200);	/* the volume's 200 extents, none past them */
+	/* Random, one extent apart: no run before any of them, nothing taken ahead. */
+	for (uint64_t i = 0; i < 40; i++) {
+		uint64_t at = ((i * 37) % 100) * 2;
+
+		begin_ok(al, 1, at * EXT, 512);
+		cdp_actlog_note(al, 1, at * EXT, 512, ++seq);
+	}
+	assert_int_equal(stats(al).ahead, st.ahead);
+	assert_int_equal(stats(al).log_writes, st.log_writes + 40);
+	cdp_actlog_close(al);
+	/* Taken ahead means logged: an unclean stop resyncs them too. */
+	al = open_ok(fx->path, &o);
+	n = cdp_actlog_recovered(al, x, 1024);
+	assert_int_equal(n, 240);
+	for (size_t i = 0; i < n; i++)
+		assert_true(x[i].index < 200);
+	cdp_actlog_close(al);
+}
+
+/*
+ * Ahead only into free or idle room: a stream of writes the journal never
+ * acknowledges spills exactly the extents the set cannot hold, as without
+ * taking ahead (the idle ones taken ahead leave first).
+ */
+static void test_taking_ahead_never_spills(void **state)
+{
+	struct cdp_test_dirfile *fx = *state;
+	const uint64_t sizes[1] = { 1000 * EXT };
+	struct cdp_actlog_opts o = opts(1, 64);
+	struct spill_log sl = { 0 };
+	struct cdp_actlog_stats st;
+	struct cdp_actlog *al;
+
+	o.volume_sizes = sizes;
+	o.spill = spill_cb;
+	o.spill_arg = &sl;
+	al = open_ok(fx->path, &o);
+	for (uint64_t i = 0; i < 128; i++) {
+		begin_ok(al, 0, i * EXT, EXT);
+		cdp_actlog_note(al, 0, i * EXT, EXT, i + 1);	/* busy: never settled */
+		assert_true(stats(al).active <= 64);
+	}
+	st = stats(al);
+	assert_true(st.ahead > 0);
+	assert_int_equal(st.spills, 128 - 64);
+	assert_int_equal(st.busy, 64);
+	assert_int_equal(sl.n, 64);
+	for (unsigned k = 0; k < sl.n; k++)
+		assert_int_equal(sl.x[k].index, k);	/* the oldest writes, in order */
+	cdp_actlog_close(al);
+}
+
 static void test_reopen_recovers_the_set_in_order(void **state)
 {
 	struct cdp_test_dirfile *fx = *state;
@@ -1278,6 +1357,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		T(test_open_creates_an_empty_log),
 		T(test_hot_extents_cost_no_log_write),
+		T(test_sequential_writer_takes_extents_ahead),
+		T(test_taking_ahead_never_spills),
 		T(test_reopen_recovers_the_set_in_order),
 		T(test_recovered_extents_stay_until_done),
 		T(test_trim_empties_the_log_of_idle_extents),
