@@ -1103,10 +1103,15 @@ static bool all_zero(const uint8_t *p, size_t n)
 #define SYNC_PROBE_MIN (4ull << 20)	/* less data than this measures nothing */
 #define SYNC_NAP_MAX (100 * CDP_NS_PER_MS)	/* pacing sleeps between stop checks */
 #define PACER_CREDIT CDP_NS_PER_SEC	/* idle time a pacer may catch up on */
-/* Segments waiting for the sealer that a sync goes on with: the one being
- * sealed, so that reads overlap sealing and the sealer stays at its normal
- * level (2 waiting would make it go fast for CDP records too). */
-#define SYNC_SEAL_BACKLOG 1
+/*
+ * Segments waiting for the sealer that a sync goes on with: enough that
+ * reads and sealing overlap through each other's jitter (with 1, the sync
+ * waited ~270 ms of a 1.6 s sync for the sealer). At 2 the sealer
+ * compresses at its fast level, which is what a sync at full speed wants.
+ * A chunk cuts at most one segment past the check: the backlog stays below
+ * SEAL_BACKLOG_RAW, so sync data is still compressed.
+ */
+#define SYNC_SEAL_BACKLOG (SEAL_BACKLOG_RAW - 2)
 
 struct sync_slot {
 	struct rl_node n;	/* the chunk's range: from before its read to its record */
