@@ -1087,7 +1087,9 @@ static bool all_zero(const uint8_t *p, size_t n)
  * that may itself wait for that range: when a new chunk's range is not free
  * (an earlier overlapping write, itself perhaps queued behind one of our
  * chunks), when a cap says to pause, and when the cache has no room, the
- * chunks in flight are finished first.
+ * chunks in flight are finished first. Only the sealer and the journal's
+ * acks (neither takes a range) are waited for with chunks in flight, for
+ * SYNC_HOLD_WAIT at most: an overlapping write waits that much longer.
  *
  * Reads go through v->dfd (O_DIRECT: no page cache left behind, none of the
  * application's evicted; coherent with its buffered writes, since the kernel
@@ -1097,7 +1099,7 @@ static bool all_zero(const uint8_t *p, size_t n)
  */
 #define SYNC_QD 4			/* chunks in flight */
 #define SYNC_ALIGN 4096u		/* O_DIRECT buffer, offset and length */
-#define SYNC_CACHE_MAX (64ull << 20)	/* log cache a sync's records may fill */
+#define SYNC_CACHE_MAX (32ull << 20)	/* log cache a sync's records may fill */
 #define SYNC_SPLIT_MIN (64u << 10)	/* a chunk's data is split to fill a segment's room past this */
 #define SYNC_PROBE (64ull << 20)	/* bytes read at full speed to measure the source */
 #define SYNC_PROBE_MIN (4ull << 20)	/* less data than this measures nothing */
