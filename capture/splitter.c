@@ -1111,7 +1111,7 @@ static bool all_zero(const uint8_t *p, size_t n)
  * waited ~270 ms of a 1.6 s sync for the sealer). At 2 the sealer
  * compresses at its fast level, which is what a sync at full speed wants.
  * A chunk cuts at most one segment past the check: the backlog stays below
- * SEAL_BACKLOG_RAW, so sync data is still compressed.
+ * SEAL_BACKLOG_RAW (a point cut aside), so sync data is still compressed.
  */
 #define SYNC_SEAL_BACKLOG (SEAL_BACKLOG_RAW - 2)
 
@@ -1218,7 +1218,7 @@ static int sync_marker(struct cdp_splitter *sp, uint16_t kind, const struct cdp_
 /*
  * Whether at most SYNC_SEAL_BACKLOG segments wait for the seal thread
  * (waiting up to @timeout_ns for it): the sealer always has the next
- * segment while the sync fills one more, and never a queue of them.
+ * segment while the sync fills more, and never a long queue of them.
  */
 static bool seal_room(struct cdp_splitter *sp, int64_t timeout_ns)
 {
