@@ -86,7 +86,7 @@ int cdp_thread_lower(int nice);
 /*
  * Puts the calling thread's disk I/O in the idle class: the kernel's
  * scheduler (mq-deadline, bfq) serves it when no other I/O waits. For
- * work done ahead of need (journald's spare extent files). Returns 0 or
+ * background work (journald's spare extent files and read-backs). Returns 0 or
  * -errno (the thread's I/O keeps its class).
  */
 int cdp_thread_io_idle(void);

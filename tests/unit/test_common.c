@@ -190,6 +190,32 @@ static void test_buf_grows_and_moves(void **state)
 	cdp_buf_release(&a);
 }
 
+/* Exact reservations do not double; a shrink keeps the bytes and gives back the rest. */
+static void test_buf_exact_and_shrink(void **state)
+{
+	struct cdp_buf a = CDP_BUF_INIT;
+
+	(void)state;
+	cdp_buf_reserve_exact(&a, 1000);
+	assert_int_equal(a.cap, 1000);
+	cdp_buf_append(&a, "abc", 3);
+	cdp_buf_reserve_exact(&a, 997);		/* fits: unchanged */
+	assert_int_equal(a.cap, 1000);
+	cdp_buf_reserve_exact(&a, 1000);	/* len 3 + 1000, not 2000 */
+	assert_int_equal(a.cap, 1003);
+	assert_memory_equal(a.data, "abc", 3);
+	cdp_buf_shrink(&a);
+	assert_int_equal(a.cap, 3);
+	assert_int_equal(a.len, 3);
+	assert_memory_equal(a.data, "abc", 3);
+	cdp_buf_reset(&a);
+	cdp_buf_shrink(&a);			/* empty: released */
+	assert_null(a.data);
+	assert_int_equal(a.cap, 0);
+	cdp_buf_shrink(&a);			/* nothing to do */
+	cdp_buf_release(&a);
+}
+
 static void test_ratelimit_bursts_then_suppresses(void **state)
 {
 	struct cdp_ratelimit rl = { .interval_ns = CDP_NS_PER_SEC, .burst = 2 };
@@ -259,6 +285,7 @@ int main(void)
 		cmocka_unit_test(test_fault_env_parsing),
 		cmocka_unit_test(test_fault_counts_hits_across_threads),
 		cmocka_unit_test(test_buf_grows_and_moves),
+		cmocka_unit_test(test_buf_exact_and_shrink),
 		cmocka_unit_test(test_ratelimit_bursts_then_suppresses),
 		cmocka_unit_test(test_log_debug_modules),
 		cmocka_unit_test(test_le_helpers_round_trip),
