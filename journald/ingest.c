@@ -410,11 +410,28 @@ fail:
 	stream_fail(s, &err);
 }
 
+/*
+ * One append of @s less in the journal's pipeline: wakes a hello waiting
+ * for it to have none (replaced()), and an ended stream with none left is
+ * no longer its plan's agent (on_done).
+ */
+static void append_finished(struct jd_stream *s)
+{
+	bool ended;
+
+	pthread_mutex_lock(&s->mu);
+	if (--s->inflight == 0)
+		pthread_cond_broadcast(&s->idle);
+	ended = !s->inflight && s->done;
+	pthread_mutex_unlock(&s->mu);
+	if (ended)
+		forget_agent(s->d, s);
+}
+
 static void append_done(struct cdp_journal_append *a)
 {
 	struct jd_append *ja = (struct jd_append *)a;
 	struct jd_stream *s = ja->s;
-	bool idle, ended;
 
 	if (a->rc) {
 		if (a->rc == -ENOSPC && strstr(a->err.msg, "journal full")) {
@@ -439,14 +456,7 @@ static void append_done(struct cdp_journal_append *a)
 		down.ack = &ack;
 		send_down(s, &down);
 	}
-	pthread_mutex_lock(&s->mu);
-	idle = --s->inflight == 0;
-	if (idle)
-		pthread_cond_broadcast(&s->idle);
-	ended = idle && s->done;
-	pthread_mutex_unlock(&s->mu);
-	if (ended)
-		forget_agent(s->d, s);
+	append_finished(s);
 	maybe_finish(s);
 	cdp__v1__capture_up__free_unpacked(ja->up, NULL);
 	cdp_rpc_msg_free(ja->msg);
@@ -568,15 +578,8 @@ static void handle_segment(struct jd_stream *s, struct jd_item *it, Cdp__V1__Cap
 	rc = cdp_journal_submit(d->j, &ja->a);
 	if (rc) {
 		struct cdp_err e2 = ja->a.err;
-		bool ended;
 
-		pthread_mutex_lock(&s->mu);
-		if (--s->inflight == 0)
-			pthread_cond_broadcast(&s->idle);
-		ended = !s->inflight && s->done;
-		pthread_mutex_unlock(&s->mu);
-		if (ended)
-			forget_agent(d, s);
+		append_finished(s);
 		cdp__v1__capture_up__free_unpacked(ja->up, NULL);
 		cdp_rpc_msg_free(ja->msg);
 		free(ja);
