@@ -173,6 +173,7 @@ struct cdp_splitter_stats {
 	uint64_t next_seq;
 	uint64_t writes, write_bytes;	/* completed through the splitter */
 	uint64_t records, segments, heartbeats;
+	uint64_t seals_fast, seals_raw;	/* segments with records: zstd's fast level, no zstd */
 	uint64_t resync_bytes;		/* RESYNC WRITE payload sent */
 	uint64_t resync_zero_bytes;	/* covered by RESYNC ZERO records */
 	uint64_t resync_read_bytes;	/* read from the sources by syncs */

@@ -322,16 +322,17 @@ static void submit(struct fx *f, unsigned vol, struct cdp_io_req *r, enum cdp_io
 }
 
 /* Cuts a point (fake clock one interval on) and waits for it in the cache. */
-static void point(struct fx *f)
+/* @ticks point ticks 1 s apart, then waits until a segment is cached and sealing is idle. */
+static void ticks(struct fx *f, unsigned ticks)
 {
 	struct cdp_cache_stats st, st2;
 	int64_t until = cdp_clock_mono_ns(cdp_clock_real()) + WAIT_NS;
 
 	cdp_cache_stats(f->cache, &st);
-	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
-	cdp_splitter_tick(f->sp);	/* the first tick only arms the interval */
-	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
-	cdp_splitter_tick(f->sp);
+	for (unsigned i = 0; i < ticks; i++) {
+		cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+		cdp_splitter_tick(f->sp);
+	}
 	do {
 		cdp_cache_stats(f->cache, &st2);
 	} while (st2.pushed == st.pushed && cdp_clock_mono_ns(cdp_clock_real()) < until);
@@ -342,6 +343,12 @@ static void point(struct fx *f)
 		if (!ss.seal_backlog || cdp_clock_mono_ns(cdp_clock_real()) >= until)
 			break;
 	}
+}
+
+/* A point cut now: two ticks, as the first tick only arms the interval. */
+static void point(struct fx *f)
+{
+	ticks(f, 2);
 }
 
 /* Decodes every cached segment in order, checking the chain; calls @fn per record. */
@@ -551,6 +558,46 @@ static void test_incompressible_data_skips_zstd(void **state)
 	for (unsigned i = 1; i <= 8; i++)
 		assert_int_equal(comp[i], CDP_COMP_NONE);	/* compressible, not tried */
 	assert_int_equal(comp[9], CDP_COMP_ZSTD);
+}
+
+/*
+ * A segment zstd's level 1 shrinks by less than a quarter (but enough to
+ * keep) makes the next 8 with records use the fast level; then level 1
+ * again, which finds the same and goes fast once more. A segment the fast
+ * level shrinks well sends the next ones back to level 1.
+ */
+static void test_poorly_compressible_data_goes_fast(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t poor[65536], good[65536];
+	struct cdp_io_req r[20];
+	struct cdp_splitter_stats st;
+
+	cdp_test_noise(poor, sizeof(poor), 7);
+	for (size_t b = 0; b < sizeof(poor); b += 4096)
+		memset(poor + b, 0x5a, 512);	/* ~1/8 of it compressible */
+	for (size_t i = 0; i < sizeof(good); i++)
+		good[i] = (uint8_t)(i % 7);
+	start_capture(f);
+	point(f);	/* the interval armed: from now on one tick seals one segment */
+	for (unsigned i = 0; i < 11; i++) {
+		submit(f, 0, &r[i], CDP_IO_WRITE, (uint64_t)i << 16, sizeof(poor), poor);
+		wait_done(i + 1);
+		ticks(f, 1);	/* alone in the seal queue: not fast for a backlog */
+	}
+	cdp_splitter_stats(f->sp, &st);
+	assert_int_equal(st.seals_raw, 0);
+	assert_int_equal(st.seals_fast, 9);	/* 2nd to 9th, and the 11th */
+	assert_int_equal(seg_compressions(f, (uint8_t[16]){ 0 }, 16), 11);
+	for (unsigned i = 11; i < 20; i++) {
+		submit(f, 0, &r[i], CDP_IO_WRITE, (uint64_t)i << 16, sizeof(good), good);
+		wait_done(i + 1);
+		ticks(f, 1);
+	}
+	cdp_splitter_stats(f->sp, &st);
+	/* The first of these still goes fast (the 11th's verdict), shrinks well: level 1 after. */
+	assert_int_equal(st.seals_fast, 10);
+	assert_int_equal(st.seals_raw, 0);
 }
 
 /* The journal acknowledges every record so far (all sealed: point() waited). */
@@ -1216,6 +1263,8 @@ int main(void)
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_records_points_and_heartbeats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inline_submit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_poorly_compressible_data_goes_fast, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_incompressible_data_skips_zstd, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_tick_flushes_only_when_the_log_fills,
