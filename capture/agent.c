@@ -80,7 +80,7 @@ struct agent_conf {
 	uint64_t cache_size, spill_max, extent_size, bitmap_granularity, max_request;
 	uint64_t sync_rate;	/* bit/s */
 	int64_t sync_read_percent;
-	int64_t max_active, io_threads;
+	int64_t max_active, io_threads, request_nice;
 };
 
 #define VOL_OPTS(n)                                                                         \
@@ -128,6 +128,12 @@ static const struct cdp_conf_option options[] = {
 	{ "capture", "io_threads", CDP_CONF_INT_AT(struct agent_conf, io_threads), .def = "4",
 	  .min = 1, .max = 64, .flags = CDP_CONF_F_RESTART,
 	  .help = "Threads doing source I/O." },
+	{ "capture", "request_nice", CDP_CONF_INT_AT(struct agent_conf, request_nice),
+	  .def = "-5", .min = -20, .max = 19, .flags = CDP_CONF_F_RESTART,
+	  .help = "Nice value of the threads the application's requests wait for (NBD "
+	  "connections, source I/O), ahead of the agent's seal, link and sync threads "
+	  "(nice 0 to 5) on a busy machine. Below 0 needs root or CAP_SYS_NICE; "
+	  "without, they run at 0 (a warning says so)." },
 	{ "cache", "size", CDP_CONF_SIZE_AT(struct agent_conf, cache_size), .def = "256MiB",
 	  .min = 16 * CDP_CONF_MIB, .max = 64 * CDP_CONF_GIB, .flags = CDP_CONF_F_RESTART,
 	  .help = "Memory for segments the journal server has not acknowledged; when full "
@@ -188,6 +194,7 @@ struct agent {
 	struct cdp_cache *cache;
 	char spill_file[4096];		/* "" without a spill file */
 	struct cdp_splitter *sp;
+	int request_nice;		/* capture.request_nice, or 0 where not permitted */
 	struct cdp_nbd_server *nbd[MAX_VOLUMES];
 	struct cdp_export *exports[MAX_VOLUMES];	/* the NBD servers borrow them */
 	struct cdp_rpc_channel *ch;
@@ -837,6 +844,29 @@ static void on_incremental(void *arg, const char *why)
 	cdp_cache_wake(a->cache);
 }
 
+/*
+ * The nice value the request threads get: capture.request_nice when this
+ * process may set it (tried on the calling thread, then undone), else 0
+ * with a warning. Threads set themselves (nice is per thread on Linux).
+ */
+static int request_nice(const struct agent *a)
+{
+	int want = (int)a->cfg.request_nice, was, rc;
+
+	errno = 0;
+	was = getpriority(PRIO_PROCESS, (id_t)gettid());
+	if (errno || want >= was)
+		return want;
+	rc = cdp_thread_set_nice(want);
+	if (rc) {
+		cdp_log_warn("agent: capture.request_nice = %d: %s; the request threads run at "
+			     "nice 0", want, strerror(-rc));
+		return 0;
+	}
+	cdp_thread_set_nice(was);	/* raising the value is always permitted */
+	return want;
+}
+
 static int agent_open(struct agent *a, struct cdp_err *err)
 {
 	struct cdp_actlog_opts ao = { 0 };
@@ -919,6 +949,8 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	so.paths = a->paths;
 	so.point_interval_ns = a->cfg.point_interval;
 	so.io_threads = (unsigned)a->cfg.io_threads;
+	a->request_nice = request_nice(a);
+	so.io_nice = a->request_nice;
 	so.max_request = (uint32_t)a->cfg.max_request;
 	so.al = a->al;
 	so.cache = a->cache;
@@ -971,7 +1003,7 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 
 	for (unsigned i = 0; i < a->nvol; i++) {
 		struct cdp_nbd_opts no = { .listen = a->cfg.vol_nbd[i], .exports = &a->exports[i],
-					   .nexports = 1 };
+					   .nexports = 1, .thread_nice = a->request_nice };
 
 		a->exports[i] = cdp_splitter_export(a->sp, i);
 		rc = cdp_nbd_server_start(&no, &a->nbd[i], err);

@@ -313,6 +313,7 @@ struct cdp_nbd_server {
 	unsigned max_connections;
 	unsigned max_inflight;
 	int64_t handshake_ns;
+	int thread_nice;	/* 0: inherited */
 	char listen[256];
 	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];	/* "" for TCP */
 	int lfd;
@@ -1221,7 +1222,16 @@ static void *conn_thread(void *arg)
 {
 	struct nbd_conn *c = arg;
 	struct cdp_nbd_server *s = c->s;
+	int rc;
 
+	/* The application waits for this thread and its writer (which inherits it). */
+	if (s->thread_nice && (rc = cdp_thread_set_nice(s->thread_nice))) {
+		char msg[96];
+
+		snprintf(msg, sizeof(msg), "connection threads stay at their nice value: "
+			 "setpriority %d: %s", s->thread_nice, strerror(-rc));
+		warn_limited(s, msg);
+	}
 	conn_run(c);
 	pthread_mutex_lock(&s->mu);
 	for (struct nbd_conn **pp = &s->live; *pp; pp = &(*pp)->next) {
@@ -1415,12 +1425,17 @@ static struct cdp_nbd_server *server_new(const struct cdp_nbd_opts *o, struct cd
 			    o->handshake_timeout_ns);
 		return NULL;
 	}
+	if (o->thread_nice < -20 || o->thread_nice > 19) {
+		cdp_err_set(err, -EINVAL, "thread_nice %d not in -20..19", o->thread_nice);
+		return NULL;
+	}
 	s = cdp_xcalloc(1, sizeof(*s));
 	s->exports = o->exports;
 	s->nexports = o->nexports;
 	s->max_connections = o->max_connections ? o->max_connections : DEF_CONNECTIONS;
 	s->max_inflight = o->max_inflight ? o->max_inflight : DEF_INFLIGHT;
 	s->handshake_ns = o->handshake_timeout_ns ? o->handshake_timeout_ns : DEF_HANDSHAKE_NS;
+	s->thread_nice = o->thread_nice;
 	snprintf(s->listen, sizeof(s->listen), "%s", o->listen ? o->listen : "");
 	s->lfd = -1;
 	s->wake[0] = s->wake[1] = -1;

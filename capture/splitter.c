@@ -557,6 +557,12 @@ static void run_op(struct cdp_splitter *sp, struct op *op)
 static void *worker_main(void *arg)
 {
 	struct cdp_splitter *sp = arg;
+	int rc;
+
+	/* The application waits for these: ahead of the seal, the link and the sync. */
+	if (sp->o.io_nice && (rc = cdp_thread_set_nice(sp->o.io_nice)))
+		cdp_log_debug("splitter", "splitter: I/O thread: setpriority %d: %s", sp->o.io_nice,
+			      strerror(-rc));
 
 	for (;;) {
 		struct op *op;
@@ -1886,6 +1892,8 @@ int cdp_splitter_open(const struct cdp_splitter_opts *o, struct cdp_splitter **o
 	if (!o->nvolumes || !o->al || !o->dm || !o->cache)
 		return cdp_err_set(err, -EINVAL, "splitter: volumes, activity log, bitmap and "
 				   "cache are required");
+	if (o->io_nice < -20 || o->io_nice > 19)
+		return cdp_err_set(err, -EINVAL, "splitter: io_nice %d not in -20..19", o->io_nice);
 	sp = cdp_xcalloc(1, sizeof(*sp));
 	sp->o = *o;
 	if (!sp->o.point_interval_ns)

@@ -56,6 +56,7 @@ struct cdp_splitter_opts {
 	struct cdp_clock *clock;	/* NULL: real */
 	int64_t point_interval_ns;	/* 0: 1 s */
 	unsigned io_threads;		/* 0: 4 */
+	int io_nice;			/* the I/O threads' nice value (-20..19); 0: inherited */
 	uint32_t max_request;		/* 0: 1 MiB; <= CDP_REC_MAX_WRITE */
 	struct cdp_actlog *al;		/* borrowed, required */
 	struct cdp_dirtymap *dm;	/* borrowed, required */

@@ -136,6 +136,13 @@ int cdp_thread_lower(int nice)
 	return 0;
 }
 
+int cdp_thread_set_nice(int nice)
+{
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice))
+		return -errno;
+	return 0;
+}
+
 int cdp_write_all(int fd, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;

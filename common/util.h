@@ -84,6 +84,13 @@ void cdp_thread_set_name(const char *name);
 int cdp_thread_lower(int nice);
 
 /*
+ * Sets the calling thread's nice value to @nice (-20..19); threads it starts
+ * inherit it. Below the current value needs CAP_SYS_NICE (or RLIMIT_NICE).
+ * Returns 0 or -errno (the thread runs on unchanged).
+ */
+int cdp_thread_set_nice(int nice);
+
+/*
  * Puts the calling thread's disk I/O in the idle class: the kernel's
  * scheduler (mq-deadline, bfq) serves it when no other I/O waits. For
  * background work (journald's spare extent files and read-backs). Returns 0 or

@@ -34,6 +34,10 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1177,6 +1181,32 @@ static void test_lone_request_runs_inline(void **state)
 }
 
 /*
+ * thread_nice sets each connection's reader, and its writer inherits it;
+ * the server's caller keeps its own. Out of -20..19 it is refused.
+ */
+static void test_connection_threads_nice(void **state)
+{
+	struct fx *fx = *state;
+	struct cdp_err err = CDP_ERR_INIT;
+	uint8_t buf[4096] = { 0 };
+	int fd, rc;
+
+	fx->o.thread_nice = 20;
+	rc = cdp_nbd_server_start(&fx->o, &fx->s, &err);
+	assert_err(&err, rc, -EINVAL, "thread_nice 20");
+	fx->o.thread_nice = 3;	/* above ours: permitted without privileges */
+	fx_start(fx);
+	fd = cl_open(fx->sock, "", NULL);
+	assert_int_equal(cl_do(fd, CMD_WRITE, 0, 0, 4096, buf), 0);	/* transmission */
+	assert_int_equal(cdp_test_thread_nice("nbd/r"), 3);
+	assert_int_equal(cdp_test_thread_nice("nbd/w"), 3);
+	assert_int_equal(cdp_test_thread_nice("nbd/accept"), 0);
+	assert_int_equal(getpriority(PRIO_PROCESS, 0), 0);
+	cl_disc(fd);
+	close(fd);
+}
+
+/*
  * Write replies sent by the completing thread and a READ reply sent by the
  * writer share the socket: while the writer is (or may be) stuck sending a
  * large READ to a client that does not read yet, the write replies wait
@@ -1669,6 +1699,7 @@ int main(void)
 		FX(test_inflight_bound),
 		FX(test_errors_keep_the_connection),
 		FX(test_flags_reach_the_export),
+		FX(test_connection_threads_nice),
 		FX(test_lone_request_runs_inline),
 		FX(test_replies_from_completions_and_writer_interleave),
 		FX(test_long_trim_and_zero_are_split),

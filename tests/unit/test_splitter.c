@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -219,6 +220,7 @@ static int setup_opts(void **state, bool buffered)
 	so.clock = &f->clk;
 	so.point_interval_ns = CDP_NS_PER_SEC;
 	so.io_threads = 4;
+	so.io_nice = 2;	/* above ours: permitted without privileges */
 	so.al = f->al;
 	so.dm = f->dm;
 	so.cache = f->cache;
@@ -598,6 +600,22 @@ static void test_poorly_compressible_data_goes_fast(void **state)
 	/* The first of these still goes fast (the 11th's verdict), shrinks well: level 1 after. */
 	assert_int_equal(st.seals_fast, 10);
 	assert_int_equal(st.seals_raw, 0);
+}
+
+/* io_nice sets the I/O threads, not the caller; out of -20..19 it is refused. */
+static void test_io_threads_nice(void **state)
+{
+	struct fx *f = *state;
+	struct cdp_splitter_opts so = { .nvolumes = 1, .al = f->al, .dm = f->dm,
+					.cache = f->cache, .io_nice = -21 };
+	struct cdp_err err = CDP_ERR_INIT;
+	struct cdp_splitter *sp;
+
+	assert_int_equal(cdp_splitter_open(&so, &sp, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "io_nice -21"));
+	assert_int_equal(cdp_test_thread_nice("split/io"), 2);
+	assert_int_equal(cdp_test_thread_nice("split/seal"), 5);	/* SEAL_NICE over ours */
+	assert_int_equal(getpriority(PRIO_PROCESS, 0), 0);
 }
 
 /* The journal acknowledges every record so far (all sealed: point() waited). */
@@ -1265,6 +1283,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_inline_submit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_poorly_compressible_data_goes_fast, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_io_threads_nice, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_incompressible_data_skips_zstd, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_tick_flushes_only_when_the_log_fills,

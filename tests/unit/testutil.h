@@ -6,6 +6,7 @@
 #ifndef CDP_TESTS_TESTUTIL_H
 #define CDP_TESTS_TESTUTIL_H
 
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -83,6 +84,44 @@ static inline int cdp_test_dirfile_teardown(void **state)
 }
 
 /* Bytes zstd cannot shrink, the same for the same @seed (xorshift64). */
+/* The nice value of this process's thread whose name starts with @prefix; 99: none. */
+static inline int cdp_test_thread_nice(const char *prefix)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int nice = 99;
+
+	assert_non_null(d);
+	while (nice == 99 && (e = readdir(d))) {
+		char path[64], buf[512], *p;
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;	/* the thread has ended */
+		p = fgets(buf, sizeof(buf), f);
+		fclose(f);
+		if (!p || strncmp(buf, prefix, strlen(prefix)))
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/stat", e->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
+		fclose(f);
+		/* After "pid (comm)": state is field 3, nice field 19. */
+		for (int field = 2; p && field < 19; field++)
+			p = strchr(p + 1, ' ');
+		if (p)
+			nice = atoi(p + 1);
+	}
+	closedir(d);
+	return nice;
+}
+
 static inline void cdp_test_noise(uint8_t *p, size_t len, uint64_t seed)
 {
 	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
