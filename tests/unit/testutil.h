@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 static inline int cdp_test_env_flag(const char *name)
@@ -83,7 +84,6 @@ static inline int cdp_test_dirfile_teardown(void **state)
 	return 0;
 }
 
-/* Bytes zstd cannot shrink, the same for the same @seed (xorshift64). */
 /* The nice value of this process's thread whose name starts with @prefix; 99: none. */
 static inline int cdp_test_thread_nice(const char *prefix)
 {
@@ -122,6 +122,29 @@ static inline int cdp_test_thread_nice(const char *prefix)
 	return nice;
 }
 
+/*
+ * Polls (every millisecond, for 10 s at most) until the thread named
+ * @prefix... shows nice value @want: a thread names itself and sets its
+ * nice value once it runs. Returns the last value seen (99: no such thread).
+ */
+static inline int cdp_test_thread_nice_is(const char *prefix, int want)
+{
+	struct timespec now, until, nap = { .tv_nsec = 1000000 };
+	int v;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += 10;
+	for (;;) {
+		v = cdp_test_thread_nice(prefix);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (v == want || now.tv_sec > until.tv_sec ||
+		    (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
+			return v;
+		nanosleep(&nap, NULL);
+	}
+}
+
+/* Bytes zstd cannot shrink, the same for the same @seed (xorshift64). */
 static inline void cdp_test_noise(uint8_t *p, size_t len, uint64_t seed)
 {
 	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
