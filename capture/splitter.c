@@ -734,11 +734,11 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 		so.compression = CDP_COMP_NONE;
 		sp->seal_skip_zstd--;
 	} else {
+		bool poor = sp->seal_fast_left && nrec;	/* level 1 paid little lately */
+
 		so.compression = CDP_COMP_ZSTD;
-		so.level = backlog >= SEAL_BACKLOG_FAST || (sp->seal_fast_left && nrec) ?
-			   SEAL_LEVEL_FAST : 1;
-		if (sp->seal_fast_left && nrec)
-			sp->seal_fast_left--;
+		so.level = backlog >= SEAL_BACKLOG_FAST || poor ? SEAL_LEVEL_FAST : 1;
+		sp->seal_fast_left -= poor;
 	}
 	if (!nrec) {
 		so.t_first = it->t;
