@@ -5,13 +5,17 @@
  *
  *	plan create FILE | plan apply FILE | plan list | plan show NAME
  *	plan delete NAME | plan pause NAME | plan resume NAME
- *	status [PLAN]
+ *	status [PLAN] [--watch INTERVAL]
  *	points PLAN [--from TIME] [--to TIME]
  *	mark PLAN NAME
  *	restore PLAN --at POINT -o DIR
  *	verify PLAN
  *
  * Exit codes: 0 ok, 1 the operation failed (one line on stderr), 2 usage.
+ * status --watch reports every INTERVAL over one connection (a sample costs
+ * one call, not a process start and a handshake) until SIGINT, SIGTERM or
+ * its reader closes stdout; with --json, one line (an array) per report. A
+ * failed call is reported on stderr and the next interval tries again.
  * The server defaults to $CDP_SERVER, else unix:cdp-state/journald.sock.
  *
  * A plan file is INI, one plan per file (docs/operations.md):
@@ -27,9 +31,12 @@
  *	point_interval = 1s
  */
 #include <fcntl.h>
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +52,7 @@
 
 #define TIMEOUT (30 * CDP_NS_PER_SEC)
 #define RESTORE_TIMEOUT (24 * 3600 * CDP_NS_PER_SEC)
+#define WATCH_MIN (10 * CDP_NS_PER_MS)	/* status --watch: the shortest interval */
 
 struct ctl {
 	struct cdp_rpc_channel *ch;
@@ -431,6 +439,39 @@ out:
 	return rc;
 }
 
+/*
+ * status every @every ns on one channel, until SIGINT or SIGTERM (blocked by
+ * main() before any thread started, taken here with sigtimedwait()) or a
+ * closed stdout: 0.
+ */
+static int cmd_status_watch(struct ctl *c, const char *plan, int64_t every,
+			    const sigset_t *stop)
+{
+	struct cdp_clock *clk = cdp_clock_real();
+	int64_t next = cdp_clock_mono_ns(clk);
+
+	signal(SIGPIPE, SIG_IGN);	/* a closed stdout shows as a failed fflush() */
+	for (;;) {
+		struct cdp_err err = CDP_ERR_INIT;
+		int64_t left;
+
+		if (cmd_status(c, plan, &err))
+			fprintf(stderr, "cdpctl: %s\n", err.msg);
+		else if (!c->json)
+			putchar('\n');
+		if (fflush(stdout) == EOF)
+			return 0;
+		/* One interval after this report's start; after a slow call, now. */
+		next = CDP_MAX(next + every, cdp_clock_mono_ns(clk));
+		while ((left = next - cdp_clock_mono_ns(clk)) > 0) {
+			struct timespec ts = { left / CDP_NS_PER_SEC, left % CDP_NS_PER_SEC };
+
+			if (sigtimedwait(stop, NULL, &ts) > 0)
+				return 0;
+		}
+	}
+}
+
 static int parse_time(const char *s, int64_t *ns, struct cdp_err *err)
 {
 	struct tm tm = { 0 };
@@ -636,7 +677,7 @@ static void usage(FILE *f)
 		"usage: cdpctl [--server ADDR] [--tls-ca F --tls-cert F --tls-key F] [--json] CMD\n"
 		"  plan create FILE | plan apply FILE | plan list | plan show NAME\n"
 		"  plan delete NAME | plan pause NAME | plan resume NAME\n"
-		"  status [PLAN]\n"
+		"  status [PLAN] [--watch INTERVAL]   (INTERVAL: a duration, e.g. 500ms)\n"
 		"  points PLAN [--from TIME] [--to TIME]\n"
 		"  mark PLAN NAME\n"
 		"  restore PLAN --at POINT -o DIR   (POINT: RFC 3339, @unix_seconds, seq:N, bookmark)\n"
@@ -654,13 +695,16 @@ int main(int argc, char **argv)
 		{ "at", required_argument, NULL, 't' },
 		{ "from", required_argument, NULL, 'f' },
 		{ "to", required_argument, NULL, 'T' },
+		{ "watch", required_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct cdp_rpc_channel_opts co = { 0 };
 	struct cdp_err err = CDP_ERR_INIT;
 	struct ctl c = { 0 };
-	const char *at = NULL, *out = NULL, *from = NULL, *to = NULL;
+	const char *at = NULL, *out = NULL, *from = NULL, *to = NULL, *watch = NULL;
+	int64_t every = 0;
+	sigset_t stop;
 	char **args;
 	int nargs, ch, rc = -EINVAL;
 
@@ -677,6 +721,7 @@ int main(int argc, char **argv)
 		case 'o': out = optarg; break;
 		case 'f': from = optarg; break;
 		case 'T': to = optarg; break;
+		case 'w': watch = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -687,6 +732,20 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (watch && strcmp(args[0], "status")) {
+		fprintf(stderr, "cdpctl: --watch: only with status\n");
+		return 2;
+	}
+	if (watch && (cdp_conf_parse_duration(watch, &every, &err) || every < WATCH_MIN)) {
+		fprintf(stderr, "cdpctl: --watch %s: %s\n", watch,
+			err.msg[0] ? err.msg : "shorter than 10ms");
+		return 2;
+	}
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGTERM);
+	if (watch)	/* before the channel's threads start: they inherit the mask */
+		pthread_sigmask(SIG_BLOCK, &stop, NULL);
 	c.ch = cdp_rpc_channel_new(&co, &err);
 	if (!c.ch) {
 		fprintf(stderr, "cdpctl: %s\n", err.msg);
@@ -706,6 +765,8 @@ int main(int argc, char **argv)
 		rc = cmd_plan_ref(&c, "/cdp.v1.Control/PausePlan", args[2], true, &err);
 	else if (IS("plan") && SUB("resume") && nargs == 3)
 		rc = cmd_plan_ref(&c, "/cdp.v1.Control/ResumePlan", args[2], true, &err);
+	else if (IS("status") && nargs <= 2 && watch)
+		rc = cmd_status_watch(&c, nargs == 2 ? args[1] : NULL, every, &stop);
 	else if (IS("status") && nargs <= 2)
 		rc = cmd_status(&c, nargs == 2 ? args[1] : NULL, &err);
 	else if (IS("points") && nargs == 2)

@@ -66,6 +66,20 @@ cmp "$T/model1/vol0.img" "$T/restore1/vol0.img" || die "vol0 differs after resto
 cmp "$T/model1/vol1.img" "$T/restore1/vol1.img" || die "vol1 differs after restore"
 npoints=$(ctl --json points db01 | /usr/bin/python3 -c 'import json,sys; p=json.load(sys.stdin); print(sum(1 for x in p if x["consistent"]))')
 [ "$npoints" -ge 10 ] || die "only $npoints consistent points listed"
+# cdpctl status --watch: reports keep coming over one channel, one JSON array
+# a line; SIGTERM ends it with status 0. A bad interval is a usage error.
+start_daemon -P "$T/watch.pid" "$CTL" --server "unix:$SOCK" --json status db01 --watch 50ms
+watch_reports() { [ "$(grep -c '^\[{"plan":"db01"' "$T/cdpctl.log")" -ge 3 ]; }
+wait_for 20 watch_reports || die "status --watch: fewer than 3 reports: $(tail -n 2 "$T/cdpctl.log")"
+/usr/bin/python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$T/cdpctl.log" ||
+	die "status --watch: a line that is not JSON"
+wpid=$(cat "$T/watch.pid")
+kill "$wpid"
+wait "$wpid" || die "status --watch: exit status $? after SIGTERM"
+out=$(ctl status --watch 1ms 2>&1) && die "status --watch 1ms was accepted"
+case "$out" in *"--watch 1ms"*) ;; *) die "status --watch 1ms: $out" ;; esac
+out=$(ctl plan list --watch 1s 2>&1) && die "plan list --watch was accepted"
+case "$out" in *"only with status"*) ;; *) die "plan list --watch: $out" ;; esac
 # A point inside a resync span is refused, naming the nearest consistent ones.
 bad=$(ctl --json points db01 | /usr/bin/python3 -c 'import json,sys; print(next(x["seq"] for x in json.load(sys.stdin) if not x["consistent"]))')
 out=$(ctl restore db01 --at "seq:$bad" -o "$T/restore-bad" 2>&1) && die "restored an inconsistent point"
