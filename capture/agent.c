@@ -76,7 +76,7 @@ struct agent_conf {
 	char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
 	char *vol_name[MAX_VOLUMES], *vol_path[MAX_VOLUMES], *vol_nbd[MAX_VOLUMES];
 	int64_t point_interval, link_down_limit, ack_timeout, reconnect_min, reconnect_max;
-	int64_t stop_timeout, stats_interval;
+	int64_t stop_timeout, stats_interval, request_slice;
 	uint64_t cache_size, spill_max, extent_size, bitmap_granularity, max_request;
 	uint64_t sync_rate;	/* bit/s */
 	int64_t sync_read_percent;
@@ -134,6 +134,12 @@ static const struct cdp_conf_option options[] = {
 	  "connections, source I/O), ahead of the agent's seal, link and sync threads "
 	  "(nice 0 to 5) on a busy machine. Below 0 needs root or CAP_SYS_NICE; "
 	  "without, they run at 0 (a warning says so)." },
+	{ "capture", "request_slice", CDP_CONF_DURATION_AT(struct agent_conf, request_slice),
+	  .def = "100us", .min = 0, .max = 100 * CDP_CONF_MSEC, .flags = CDP_CONF_F_RESTART,
+	  .help = "Scheduling slice the same threads ask for (Linux >= 6.12; older kernels "
+	  "ignore it): a waking request thread then preempts a thread with a longer slice "
+	  "instead of waiting up to a few ms for the CPU. The kernel makes it at least 100us; "
+	  "0: the kernel's default." },
 	{ "cache", "size", CDP_CONF_SIZE_AT(struct agent_conf, cache_size), .def = "256MiB",
 	  .min = 16 * CDP_CONF_MIB, .max = 64 * CDP_CONF_GIB, .flags = CDP_CONF_F_RESTART,
 	  .help = "Memory for segments the journal server has not acknowledged; when full "
@@ -951,6 +957,7 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 	so.io_threads = (unsigned)a->cfg.io_threads;
 	a->request_nice = request_nice(a);
 	so.io_nice = a->request_nice;
+	so.io_slice_ns = a->cfg.request_slice;
 	so.max_request = (uint32_t)a->cfg.max_request;
 	so.al = a->al;
 	so.cache = a->cache;
@@ -1003,7 +1010,8 @@ static int agent_open(struct agent *a, struct cdp_err *err)
 
 	for (unsigned i = 0; i < a->nvol; i++) {
 		struct cdp_nbd_opts no = { .listen = a->cfg.vol_nbd[i], .exports = &a->exports[i],
-					   .nexports = 1, .thread_nice = a->request_nice };
+					   .nexports = 1, .thread_nice = a->request_nice,
+					   .thread_slice_ns = a->cfg.request_slice };
 
 		a->exports[i] = cdp_splitter_export(a->sp, i);
 		rc = cdp_nbd_server_start(&no, &a->nbd[i], err);

@@ -314,6 +314,7 @@ struct cdp_nbd_server {
 	unsigned max_inflight;
 	int64_t handshake_ns;
 	int thread_nice;	/* 0: inherited */
+	int64_t thread_slice_ns;	/* 0: the kernel's */
 	char listen[256];
 	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];	/* "" for TCP */
 	int lfd;
@@ -953,6 +954,9 @@ static void *writer_main(void *arg)
 	struct nbd_conn *c = arg;
 	void *p;
 
+	if (c->s->thread_slice_ns)	/* a new thread starts with the kernel's slice */
+		cdp_thread_set_slice(c->s->thread_slice_ns);
+
 	while (cdp_queue_pop(c->replies, &p, CDP_QUEUE_UNTIL_CLOSED) == 0)
 		req_advance(c, p);
 	return NULL;
@@ -1232,6 +1236,8 @@ static void *conn_thread(void *arg)
 			 "setpriority %d: %s", s->thread_nice, strerror(-rc));
 		warn_limited(s, msg);
 	}
+	if (s->thread_slice_ns && (rc = cdp_thread_set_slice(s->thread_slice_ns)))
+		cdp_log_debug("nbd", "nbd: conn %u: sched_setattr: %s", c->id, strerror(-rc));
 	conn_run(c);
 	pthread_mutex_lock(&s->mu);
 	for (struct nbd_conn **pp = &s->live; *pp; pp = &(*pp)->next) {
@@ -1429,6 +1435,10 @@ static struct cdp_nbd_server *server_new(const struct cdp_nbd_opts *o, struct cd
 		cdp_err_set(err, -EINVAL, "thread_nice %d not in -20..19", o->thread_nice);
 		return NULL;
 	}
+	if (o->thread_slice_ns < 0) {
+		cdp_err_set(err, -EINVAL, "thread_slice_ns %" PRId64 " < 0", o->thread_slice_ns);
+		return NULL;
+	}
 	s = cdp_xcalloc(1, sizeof(*s));
 	s->exports = o->exports;
 	s->nexports = o->nexports;
@@ -1436,6 +1446,7 @@ static struct cdp_nbd_server *server_new(const struct cdp_nbd_opts *o, struct cd
 	s->max_inflight = o->max_inflight ? o->max_inflight : DEF_INFLIGHT;
 	s->handshake_ns = o->handshake_timeout_ns ? o->handshake_timeout_ns : DEF_HANDSHAKE_NS;
 	s->thread_nice = o->thread_nice;
+	s->thread_slice_ns = o->thread_slice_ns;
 	snprintf(s->listen, sizeof(s->listen), "%s", o->listen ? o->listen : "");
 	s->lfd = -1;
 	s->wake[0] = s->wake[1] = -1;

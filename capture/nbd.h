@@ -43,6 +43,7 @@ struct cdp_nbd_opts {
 	unsigned max_inflight;		/* per connection; 0: 64 */
 	int64_t handshake_timeout_ns;	/* 0: 10 s */
 	int thread_nice;		/* each connection's threads' nice value (-20..19); 0: inherited */
+	int64_t thread_slice_ns;	/* and their scheduling slice (cdp_thread_set_slice); 0: the kernel's */
 };
 
 int cdp_nbd_server_start(const struct cdp_nbd_opts *o, struct cdp_nbd_server **out,

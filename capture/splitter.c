@@ -158,6 +158,10 @@ struct cdp_splitter {
 	bool seal_stop;
 	bool seal_busy;
 	pthread_t sealer;
+	pid_t seal_tid;			/* seal_mu: 0 until the thread runs */
+	bool seal_idle_ok;		/* seal_mu: it may go SCHED_IDLE (and come back) */
+	bool seal_idle;			/* seal_mu: it is SCHED_IDLE now */
+	uint64_t seal_promotions;	/* seal_mu */
 	uint8_t digest[CDP_DIGEST_LEN];	/* seal thread: chain head */
 	unsigned seal_skip_zstd;	/* seal thread: segments left to store raw */
 	unsigned seal_fast_left;	/* seal thread: segments left at the fast level */
@@ -563,6 +567,8 @@ static void *worker_main(void *arg)
 	if (sp->o.io_nice && (rc = cdp_thread_set_nice(sp->o.io_nice)))
 		cdp_log_debug("splitter", "splitter: I/O thread: setpriority %d: %s", sp->o.io_nice,
 			      strerror(-rc));
+	if (sp->o.io_slice_ns && (rc = cdp_thread_set_slice(sp->o.io_slice_ns)))
+		cdp_log_debug("splitter", "splitter: I/O thread: sched_setattr: %s", strerror(-rc));
 
 	for (;;) {
 		struct op *op;
@@ -656,6 +662,35 @@ static int vol_submit(struct cdp_export *e, struct cdp_io_req *req)
 
 /* ---- the seal thread ---------------------------------------------------- */
 
+/*
+ * The seal thread runs SCHED_IDLE while it keeps up (one segment at a time):
+ * then it only takes a CPU no normal thread wants, and a waking request
+ * thread, fio or the application preempts it at once. Nice alone does not
+ * give that: a nice 5 thread keeps a CPU for its slice (milliseconds) while
+ * a -5 one that just woke waits (perf sched traces of the seq bench). When
+ * SEAL_BACKLOG_FAST segments wait, whoever queued the last one puts it back
+ * to SCHED_OTHER (at SEAL_NICE): on a busy machine it then gets its share
+ * again instead of starving until completions wait for it. Only where the
+ * process may do both (cdp_thread_may_raise()): leaving SCHED_IDLE needs
+ * CAP_SYS_NICE. seal_mu held.
+ */
+static void seal_set_idle_locked(struct cdp_splitter *sp, bool idle)
+{
+	int rc;
+
+	if (!sp->seal_idle_ok || sp->seal_idle == idle)
+		return;
+	rc = cdp_thread_set_idle(sp->seal_tid, idle);
+	if (rc) {
+		sp->seal_idle_ok = false;	/* stays as it is: SCHED_OTHER unless idle */
+		cdp_log_warn("splitter: seal thread: %s: %s", idle ? "SCHED_IDLE" : "SCHED_OTHER",
+			     strerror(-rc));
+		return;
+	}
+	sp->seal_idle = idle;
+	sp->seal_promotions += !idle;
+}
+
 static void seal_push(struct cdp_splitter *sp, struct seal_item *it)
 {
 	pthread_mutex_lock(&sp->seal_mu);
@@ -665,6 +700,8 @@ static void seal_push(struct cdp_splitter *sp, struct seal_item *it)
 		sp->seal_head = it;
 	sp->seal_tail = it;
 	__atomic_store_n(&sp->seal_backlog, sp->seal_backlog + 1, __ATOMIC_RELAXED);
+	if (sp->seal_backlog >= SEAL_BACKLOG_FAST)
+		seal_set_idle_locked(sp, false);
 	pthread_cond_broadcast(&sp->seal_cond);
 	pthread_mutex_unlock(&sp->seal_mu);
 }
@@ -836,12 +873,21 @@ static void *seal_main(void *arg)
 	/*
 	 * Below the threads that answer the application: on a busy machine a
 	 * request must not wait for a CPU behind a 4 MiB seal (zstd, SHA-256:
-	 * milliseconds). The sealer still gets its share; when it falls behind,
-	 * its level drops and then completions wait for it (seal_backpressure).
+	 * milliseconds). SCHED_IDLE while it keeps up, nice SEAL_NICE when it
+	 * falls behind (seal_set_idle_locked); further behind, its level drops
+	 * and then completions wait for it (seal_backpressure).
 	 */
 	rc = cdp_thread_lower(SEAL_NICE);
 	if (rc)
 		cdp_log_debug("splitter", "splitter: seal thread: setpriority: %s", strerror(-rc));
+	pthread_mutex_lock(&sp->seal_mu);
+	sp->seal_tid = gettid();
+	sp->seal_idle_ok = cdp_thread_may_raise();
+	seal_set_idle_locked(sp, !sp->seal_backlog);
+	pthread_mutex_unlock(&sp->seal_mu);
+	if (!sp->seal_idle_ok)
+		cdp_log_debug("splitter", "splitter: seal thread: no CAP_SYS_NICE: stays at nice %d",
+			      SEAL_NICE);
 	for (;;) {
 		struct seal_item *it;
 		unsigned backlog;
@@ -857,9 +903,13 @@ static void *seal_main(void *arg)
 			sp->seal_busy = true;
 		}
 		backlog = sp->seal_backlog;
+		if (it)
+			seal_set_idle_locked(sp, backlog < SEAL_BACKLOG_FAST);
 		pthread_mutex_unlock(&sp->seal_mu);
 		if (!it)
 			return NULL;
+		if (sp->o.before_seal)
+			sp->o.before_seal(sp->o.arg);
 		seal_one(sp, it, backlog);
 		pthread_mutex_lock(&sp->mu);
 		if (sp->nfree_enc < ENC_POOL)
@@ -1894,6 +1944,9 @@ int cdp_splitter_open(const struct cdp_splitter_opts *o, struct cdp_splitter **o
 				   "cache are required");
 	if (o->io_nice < -20 || o->io_nice > 19)
 		return cdp_err_set(err, -EINVAL, "splitter: io_nice %d not in -20..19", o->io_nice);
+	if (o->io_slice_ns < 0)
+		return cdp_err_set(err, -EINVAL, "splitter: io_slice_ns %" PRId64 " < 0",
+				   o->io_slice_ns);
 	sp = cdp_xcalloc(1, sizeof(*sp));
 	sp->o = *o;
 	if (!sp->o.point_interval_ns)
@@ -1993,5 +2046,7 @@ void cdp_splitter_stats(struct cdp_splitter *sp, struct cdp_splitter_stats *st)
 	pthread_mutex_unlock(&sp->mu);
 	pthread_mutex_lock(&sp->seal_mu);
 	st->seal_backlog = sp->seal_backlog;
+	st->seal_promotions = sp->seal_promotions;
+	st->seal_idle = sp->seal_idle;
 	pthread_mutex_unlock(&sp->seal_mu);
 }

@@ -57,6 +57,7 @@ struct cdp_splitter_opts {
 	int64_t point_interval_ns;	/* 0: 1 s */
 	unsigned io_threads;		/* 0: 4 */
 	int io_nice;			/* the I/O threads' nice value (-20..19); 0: inherited */
+	int64_t io_slice_ns;		/* their scheduling slice (cdp_thread_set_slice); 0: the kernel's */
 	uint32_t max_request;		/* 0: 1 MiB; <= CDP_REC_MAX_WRITE */
 	struct cdp_actlog *al;		/* borrowed, required */
 	struct cdp_dirtymap *dm;	/* borrowed, required */
@@ -68,6 +69,8 @@ struct cdp_splitter_opts {
 	/* Test seam: called on the I/O thread just before a change reaches the
 	 * source (the range is held). NULL in the daemon. */
 	void (*before_source_write)(void *arg, unsigned volume, const struct cdp_io_req *req);
+	/* Test seam: called on the seal thread before it seals a segment. */
+	void (*before_seal)(void *arg);
 	/* Test seam: sync reads buffered, as where O_DIRECT is refused. */
 	bool sync_buffered;
 };
@@ -184,6 +187,8 @@ struct cdp_splitter_stats {
 	uint64_t range_waits;		/* requests that waited for an overlap */
 	uint64_t resync_range_waits;	/* sync chunks that waited for an overlapping write */
 	unsigned seal_backlog;
+	uint64_t seal_promotions;	/* times the idle seal thread fell behind (SCHED_OTHER) */
+	bool seal_idle;			/* the seal thread runs SCHED_IDLE now */
 };
 void cdp_splitter_stats(struct cdp_splitter *sp, struct cdp_splitter_stats *st);
 

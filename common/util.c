@@ -4,6 +4,7 @@
 #include "common/util.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <linux/ioprio.h>
@@ -141,6 +142,55 @@ int cdp_thread_set_nice(int nice)
 	if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice))
 		return -errno;
 	return 0;
+}
+
+/* The kernel's struct sched_attr, version 0 (glibc 2.36 has no wrapper). */
+struct sched_attr0 {
+	uint32_t size;
+	uint32_t policy;
+	uint64_t flags;
+	int32_t nice;
+	uint32_t priority;
+	uint64_t runtime;	/* SCHED_OTHER: the slice asked for (Linux >= 6.12) */
+	uint64_t deadline;
+	uint64_t period;
+};
+
+int cdp_thread_set_slice(int64_t ns)
+{
+	struct sched_attr0 a = { .size = sizeof(a), .policy = SCHED_OTHER };
+	pid_t tid = gettid();
+
+	errno = 0;
+	a.nice = getpriority(PRIO_PROCESS, (id_t)tid);	/* sched_setattr() sets it too */
+	if (errno)
+		return -errno;
+	a.runtime = ns > 0 ? (uint64_t)ns : 0;
+	if (syscall(SYS_sched_setattr, tid, &a, 0))
+		return -errno;
+	return 0;
+}
+
+int cdp_thread_set_idle(pid_t tid, bool idle)
+{
+	struct sched_param p = { 0 };
+
+	if (sched_setscheduler(tid, idle ? SCHED_IDLE : SCHED_OTHER, &p))
+		return -errno;
+	return 0;
+}
+
+bool cdp_thread_may_raise(void)
+{
+	id_t tid = (id_t)gettid();
+	int nice;
+
+	errno = 0;
+	nice = getpriority(PRIO_PROCESS, tid);
+	if (errno || nice <= -20 || setpriority(PRIO_PROCESS, tid, nice - 1))
+		return false;
+	setpriority(PRIO_PROCESS, tid, nice);	/* raising the value is always permitted */
+	return true;
 }
 
 int cdp_write_all(int fd, const void *buf, size_t len)

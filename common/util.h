@@ -8,9 +8,11 @@
 #define CDP_COMMON_UTIL_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/types.h>
 
 #define CDP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define CDP_MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -89,6 +91,28 @@ int cdp_thread_lower(int nice);
  * Returns 0 or -errno (the thread runs on unchanged).
  */
 int cdp_thread_set_nice(int nice);
+
+/*
+ * Asks for a scheduling slice of @ns for the calling thread (it stays a
+ * normal thread at its nice value). With EEVDF's custom slices (Linux >=
+ * 6.12), a waking thread with a shorter slice than the running one takes
+ * the CPU at once instead of waiting for that one's slice to end (up to a
+ * few ms): for the threads the application waits for. The kernel clamps
+ * it to 0.1..100 ms; older kernels accept and ignore it. Returns 0 or
+ * -errno (the thread runs on unchanged).
+ */
+int cdp_thread_set_slice(int64_t ns);
+
+/*
+ * Moves thread @tid (a TID of this process) to SCHED_IDLE (@idle: it runs
+ * when no normal thread wants the CPU, and any waking one preempts it), or
+ * back to SCHED_OTHER at its nice value. Going back needs CAP_SYS_NICE or
+ * RLIMIT_NICE (cdp_thread_may_raise()). Returns 0 or -errno.
+ */
+int cdp_thread_set_idle(pid_t tid, bool idle);
+
+/* Whether the calling thread may lower its nice value (tried, then undone). */
+bool cdp_thread_may_raise(void);
 
 /*
  * Puts the calling thread's disk I/O in the idle class: the kernel's

@@ -136,6 +136,38 @@ static void wait_done(unsigned n)
 	assert_true(wait_cond(&dn.mu, &dn.cond, done_reached, NULL));
 }
 
+/* The seal thread's seam: it waits here while the gate is closed. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	bool closed;
+	unsigned waiting;
+} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0 };
+
+static void gate_hook(void *arg)
+{
+	pthread_mutex_lock(&gate.mu);
+	gate.waiting++;
+	pthread_cond_broadcast(&gate.cond);
+	while (gate.closed)
+		pthread_cond_wait(&gate.cond, &gate.mu);
+	gate.waiting--;
+	pthread_mutex_unlock(&gate.mu);
+}
+
+static void gate_set(bool closed)
+{
+	pthread_mutex_lock(&gate.mu);
+	gate.closed = closed;
+	pthread_cond_broadcast(&gate.cond);
+	pthread_mutex_unlock(&gate.mu);
+}
+
+static bool gate_has_waiter(void *arg)
+{
+	return gate.waiting > 0;
+}
+
 static void seam_hook(void *arg, unsigned volume, const struct cdp_io_req *req)
 {
 	struct seam *s = arg;
@@ -226,6 +258,7 @@ static int setup_opts(void **state, bool buffered)
 	so.dm = f->dm;
 	so.cache = f->cache;
 	so.before_source_write = seam_hook;
+	so.before_seal = gate_hook;
 	so.on_incremental = seam_incremental;
 	so.arg = &f->seam;
 	so.sync_buffered = buffered;
@@ -262,6 +295,7 @@ static int teardown(void **state)
 	struct fx *f = *state;
 	char cmd[128];
 
+	gate_set(false);	/* a failed test may have left the seal thread held */
 	cdp_splitter_close(f->sp);
 	cdp_cache_free(f->cache);
 	if (f->shim)
@@ -601,6 +635,61 @@ static void test_poorly_compressible_data_goes_fast(void **state)
 	/* The first of these still goes fast (the 11th's verdict), shrinks well: level 1 after. */
 	assert_int_equal(st.seals_fast, 10);
 	assert_int_equal(st.seals_raw, 0);
+}
+
+/*
+ * The seal thread is SCHED_IDLE while it seals one segment at a time; the
+ * writer whose segment makes two wait puts it back to SCHED_OTHER (a busy
+ * machine must not starve it); alone again, it goes idle again.
+ */
+static void test_seal_thread_idle_while_it_keeps_up(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t data[4096];
+	struct cdp_io_req r[3];
+	struct cdp_splitter_stats st;
+
+	if (!cdp_thread_may_raise()) {
+		print_message("needs CAP_SYS_NICE (the seal thread cannot leave SCHED_IDLE)\n");
+		skip();
+	}
+	memset(data, 0x42, sizeof(data));
+	start_capture(f);
+	point(f);
+	assert_int_equal(cdp_test_thread_stat_is("split/seal", 41, SCHED_IDLE), SCHED_IDLE);
+	cdp_splitter_stats(f->sp, &st);
+	assert_true(st.seal_idle);
+	assert_int_equal(st.seal_promotions, 0);
+
+	/* One segment in the seal thread's hands (held at the gate): still idle. */
+	gate_set(true);
+	submit(f, 0, &r[0], CDP_IO_WRITE, 0, sizeof(data), data);
+	wait_done(1);
+	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+	cdp_splitter_tick(f->sp);
+	assert_true(wait_cond(&gate.mu, &gate.cond, gate_has_waiter, NULL));
+	cdp_splitter_stats(f->sp, &st);
+	assert_true(st.seal_idle);
+	/* A second one waits behind it: the cut that queued it promoted the thread. */
+	submit(f, 0, &r[1], CDP_IO_WRITE, 4096, sizeof(data), data);
+	wait_done(2);
+	cdp_clock_fake_advance(&f->clk, CDP_NS_PER_SEC);
+	cdp_splitter_tick(f->sp);
+	cdp_splitter_stats(f->sp, &st);
+	assert_false(st.seal_idle);
+	assert_int_equal(st.seal_promotions, 1);
+	assert_int_equal(cdp_test_thread_stat_is("split/seal", 41, SCHED_OTHER), SCHED_OTHER);
+
+	/* Caught up, the next segment alone: idle again. */
+	gate_set(false);
+	submit(f, 0, &r[2], CDP_IO_WRITE, 8192, sizeof(data), data);
+	wait_done(3);
+	ticks(f, 1);
+	assert_int_equal(cdp_test_thread_stat_is("split/seal", 41, SCHED_IDLE), SCHED_IDLE);
+	cdp_splitter_stats(f->sp, &st);
+	assert_true(st.seal_idle);
+	assert_int_equal(st.seal_promotions, 1);
+	assert_int_equal(st.segments - st.heartbeats, 3);
 }
 
 /* io_nice sets the I/O threads, not the caller; out of -20..19 it is refused. */
@@ -1285,6 +1374,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_records_points_and_heartbeats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inline_submit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_poorly_compressible_data_goes_fast, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_seal_thread_idle_while_it_keeps_up, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_io_threads_nice, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_incompressible_data_skips_zstd, setup,

@@ -84,15 +84,19 @@ static inline int cdp_test_dirfile_teardown(void **state)
 	return 0;
 }
 
-/* The nice value of this process's thread whose name starts with @prefix; 99: none. */
-static inline int cdp_test_thread_nice(const char *prefix)
+/*
+ * Field @field (proc(5) numbering: 19 nice, 41 policy) of /proc/self/task/
+ * TID/stat of this process's thread whose name starts with @prefix; 99: no
+ * such thread.
+ */
+static inline int cdp_test_thread_stat(const char *prefix, int field)
 {
 	DIR *d = opendir("/proc/self/task");
 	struct dirent *e;
-	int nice = 99;
+	int v = 99;
 
 	assert_non_null(d);
-	while (nice == 99 && (e = readdir(d))) {
+	while (v == 99 && (e = readdir(d))) {
 		char path[64], buf[512], *p;
 		FILE *f;
 
@@ -112,22 +116,28 @@ static inline int cdp_test_thread_nice(const char *prefix)
 			continue;
 		p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
 		fclose(f);
-		/* After "pid (comm)": state is field 3, nice field 19. */
-		for (int field = 2; p && field < 19; field++)
+		/* After "pid (comm)": state is field 3. */
+		for (int k = 2; p && k < field; k++)
 			p = strchr(p + 1, ' ');
 		if (p)
-			nice = atoi(p + 1);
+			v = atoi(p + 1);
 	}
 	closedir(d);
-	return nice;
+	return v;
+}
+
+static inline int cdp_test_thread_nice(const char *prefix)
+{
+	return cdp_test_thread_stat(prefix, 19);
 }
 
 /*
  * Polls (every millisecond, for 10 s at most) until the thread named
- * @prefix... shows nice value @want: a thread names itself and sets its
- * nice value once it runs. Returns the last value seen (99: no such thread).
+ * @prefix... shows @want in stat field @field: a thread names itself and
+ * sets its nice value or policy once it runs. Returns the last value seen
+ * (99: no such thread).
  */
-static inline int cdp_test_thread_nice_is(const char *prefix, int want)
+static inline int cdp_test_thread_stat_is(const char *prefix, int field, int want)
 {
 	struct timespec now, until, nap = { .tv_nsec = 1000000 };
 	int v;
@@ -135,13 +145,18 @@ static inline int cdp_test_thread_nice_is(const char *prefix, int want)
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += 10;
 	for (;;) {
-		v = cdp_test_thread_nice(prefix);
+		v = cdp_test_thread_stat(prefix, field);
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		if (v == want || now.tv_sec > until.tv_sec ||
 		    (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
 			return v;
 		nanosleep(&nap, NULL);
 	}
+}
+
+static inline int cdp_test_thread_nice_is(const char *prefix, int want)
+{
+	return cdp_test_thread_stat_is(prefix, 19, want);
 }
 
 /* Bytes zstd cannot shrink, the same for the same @seed (xorshift64). */
