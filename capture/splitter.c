@@ -663,32 +663,41 @@ static int vol_submit(struct cdp_export *e, struct cdp_io_req *req)
 /* ---- the seal thread ---------------------------------------------------- */
 
 /*
- * The seal thread runs SCHED_IDLE while it keeps up (one segment at a time):
- * then it only takes a CPU no normal thread wants, and a waking request
- * thread, fio or the application preempts it at once. Nice alone does not
- * give that: a nice 5 thread keeps a CPU for its slice (milliseconds) while
- * a -5 one that just woke waits (perf sched traces of the seq bench). When
+ * While it keeps up (one segment at a time), the seal thread compresses and
+ * hashes as SCHED_IDLE: it then only takes a CPU no normal thread wants, and
+ * a waking request thread, fio or the application preempts it at once. Nice
+ * alone does not give that: a nice 5 thread keeps a CPU for its slice
+ * (milliseconds) while a -5 one that just woke waits (perf sched traces of
+ * the seq bench). Only the compute is idle (cdp_seg_enc_seal(): no lock
+ * that others take): a SCHED_IDLE thread preempted inside mu or the cache's
+ * lock on a busy machine would hold up every completion. When
  * SEAL_BACKLOG_FAST segments wait, whoever queued the last one puts it back
- * to SCHED_OTHER (at SEAL_NICE): on a busy machine it then gets its share
- * again instead of starving until completions wait for it. Only where the
- * process may do both (cdp_thread_may_raise()): leaving SCHED_IDLE needs
- * CAP_SYS_NICE. seal_mu held.
+ * to SCHED_OTHER (at SEAL_NICE), so a busy machine cannot starve it. Only
+ * where the process may do both (cdp_thread_may_raise()): leaving SCHED_IDLE
+ * needs CAP_SYS_NICE. seal_mu held; true when the policy changed.
  */
-static void seal_set_idle_locked(struct cdp_splitter *sp, bool idle)
+static bool seal_set_idle_locked(struct cdp_splitter *sp, bool idle)
 {
 	int rc;
 
 	if (!sp->seal_idle_ok || sp->seal_idle == idle)
-		return;
+		return false;
 	rc = cdp_thread_set_idle(sp->seal_tid, idle);
 	if (rc) {
 		sp->seal_idle_ok = false;	/* stays as it is: SCHED_OTHER unless idle */
 		cdp_log_warn("splitter: seal thread: %s: %s", idle ? "SCHED_IDLE" : "SCHED_OTHER",
 			     strerror(-rc));
-		return;
+		return false;
 	}
 	sp->seal_idle = idle;
-	sp->seal_promotions += !idle;
+	return true;
+}
+
+static void seal_set_idle(struct cdp_splitter *sp, bool idle)
+{
+	pthread_mutex_lock(&sp->seal_mu);
+	seal_set_idle_locked(sp, idle);
+	pthread_mutex_unlock(&sp->seal_mu);
 }
 
 static void seal_push(struct cdp_splitter *sp, struct seal_item *it)
@@ -700,8 +709,8 @@ static void seal_push(struct cdp_splitter *sp, struct seal_item *it)
 		sp->seal_head = it;
 	sp->seal_tail = it;
 	__atomic_store_n(&sp->seal_backlog, sp->seal_backlog + 1, __ATOMIC_RELAXED);
-	if (sp->seal_backlog >= SEAL_BACKLOG_FAST)
-		seal_set_idle_locked(sp, false);
+	if (sp->seal_backlog >= SEAL_BACKLOG_FAST && seal_set_idle_locked(sp, false))
+		sp->seal_promotions++;	/* it fell behind while idle */
 	pthread_cond_broadcast(&sp->seal_cond);
 	pthread_mutex_unlock(&sp->seal_mu);
 }
@@ -798,7 +807,11 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 			cdp_buf_reserve_exact(&out, CDP_CACHE_SPARE_CAP);
 	}
 	cdp_seg_enc_set_prev(it->enc, sp->digest);
+	seal_set_idle(sp, backlog < SEAL_BACKLOG_FAST);
+	if (sp->o.before_seal)
+		sp->o.before_seal(sp->o.arg);
 	rc = cdp_seg_enc_seal(it->enc, &so, &out, sp->digest, &err);
+	seal_set_idle(sp, false);
 	if (rc) {
 		/* Our own encoder refused its records: a bug; keep the data safe. */
 		cdp_log_err("splitter: seal of seq %" PRIu64 ": %s", first, err.msg);
@@ -873,9 +886,9 @@ static void *seal_main(void *arg)
 	/*
 	 * Below the threads that answer the application: on a busy machine a
 	 * request must not wait for a CPU behind a 4 MiB seal (zstd, SHA-256:
-	 * milliseconds). SCHED_IDLE while it keeps up, nice SEAL_NICE when it
-	 * falls behind (seal_set_idle_locked); further behind, its level drops
-	 * and then completions wait for it (seal_backpressure).
+	 * milliseconds). Its compute SCHED_IDLE while it keeps up, else nice
+	 * SEAL_NICE (seal_set_idle_locked); further behind, its level drops and
+	 * then completions wait for it (seal_backpressure).
 	 */
 	rc = cdp_thread_lower(SEAL_NICE);
 	if (rc)
@@ -883,7 +896,6 @@ static void *seal_main(void *arg)
 	pthread_mutex_lock(&sp->seal_mu);
 	sp->seal_tid = gettid();
 	sp->seal_idle_ok = cdp_thread_may_raise();
-	seal_set_idle_locked(sp, !sp->seal_backlog);
 	pthread_mutex_unlock(&sp->seal_mu);
 	if (!sp->seal_idle_ok)
 		cdp_log_debug("splitter", "splitter: seal thread: no CAP_SYS_NICE: stays at nice %d",
@@ -903,13 +915,9 @@ static void *seal_main(void *arg)
 			sp->seal_busy = true;
 		}
 		backlog = sp->seal_backlog;
-		if (it)
-			seal_set_idle_locked(sp, backlog < SEAL_BACKLOG_FAST);
 		pthread_mutex_unlock(&sp->seal_mu);
 		if (!it)
 			return NULL;
-		if (sp->o.before_seal)
-			sp->o.before_seal(sp->o.arg);
 		seal_one(sp, it, backlog);
 		pthread_mutex_lock(&sp->mu);
 		if (sp->nfree_enc < ENC_POOL)

@@ -69,7 +69,8 @@ struct cdp_splitter_opts {
 	/* Test seam: called on the I/O thread just before a change reaches the
 	 * source (the range is held). NULL in the daemon. */
 	void (*before_source_write)(void *arg, unsigned volume, const struct cdp_io_req *req);
-	/* Test seam: called on the seal thread before it seals a segment. */
+	/* Test seam: called on the seal thread as it starts a segment's compute
+	 * (already SCHED_IDLE if it will be). */
 	void (*before_seal)(void *arg);
 	/* Test seam: sync reads buffered, as where O_DIRECT is refused. */
 	bool sync_buffered;
@@ -188,7 +189,7 @@ struct cdp_splitter_stats {
 	uint64_t resync_range_waits;	/* sync chunks that waited for an overlapping write */
 	unsigned seal_backlog;
 	uint64_t seal_promotions;	/* times the idle seal thread fell behind (SCHED_OTHER) */
-	bool seal_idle;			/* the seal thread runs SCHED_IDLE now */
+	bool seal_idle;			/* the seal thread computes as SCHED_IDLE now */
 };
 void cdp_splitter_stats(struct cdp_splitter *sp, struct cdp_splitter_stats *st);
 
