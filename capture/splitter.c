@@ -668,9 +668,11 @@ static int vol_submit(struct cdp_export *e, struct cdp_io_req *req)
  * a waking request thread, fio or the application preempts it at once. Nice
  * alone does not give that: a nice 5 thread keeps a CPU for its slice
  * (milliseconds) while a -5 one that just woke waits (perf sched traces of
- * the seq bench). Only the compute is idle (cdp_seg_enc_seal(): no lock
- * that others take): a SCHED_IDLE thread preempted inside mu or the cache's
- * lock on a busy machine would hold up every completion. When
+ * the seq bench). Only the compute is idle (cdp_seg_enc_seal() into a
+ * buffer reserved before: no lock that others take, malloc's included; zstd
+ * may still resize its workspace when the level changes): a SCHED_IDLE
+ * thread preempted inside mu, the cache's lock or an arena's on a busy
+ * machine would hold up every completion. When
  * SEAL_BACKLOG_FAST segments wait, whoever queued the last one puts it back
  * to SCHED_OTHER (at SEAL_NICE), so a busy machine cannot starve it. Only
  * where the process may do both (cdp_thread_may_raise()): leaving SCHED_IDLE
@@ -806,6 +808,8 @@ static void seal_one(struct cdp_splitter *sp, struct seal_item *it, unsigned bac
 		else
 			cdp_buf_reserve_exact(&out, CDP_CACHE_SPARE_CAP);
 	}
+	/* Allocated here, not inside the seal: its compute may run SCHED_IDLE. */
+	cdp_buf_reserve(&out, cdp_seg_seal_room(raw));
 	cdp_seg_enc_set_prev(it->enc, sp->digest);
 	seal_set_idle(sp, backlog < SEAL_BACKLOG_FAST);
 	if (sp->o.before_seal)

@@ -576,6 +576,11 @@ static long compress_body(struct cdp_seg_enc *enc, int level, uint8_t *dst, size
 	return (long)n;
 }
 
+size_t cdp_seg_seal_room(size_t raw_len)
+{
+	return CDP_SEG_HDR_LEN + ZSTD_compressBound(raw_len);
+}
+
 int cdp_seg_enc_seal(struct cdp_seg_enc *enc, const struct cdp_seg_seal_opts *opts,
 		     struct cdp_buf *out, uint8_t digest_out[CDP_DIGEST_LEN], struct cdp_err *err)
 {
@@ -635,7 +640,7 @@ int cdp_seg_enc_seal(struct cdp_seg_enc *enc, const struct cdp_seg_seal_opts *op
 	}
 
 	/* Room for the header and the worst case of zstd; compress in place. */
-	cdp_buf_reserve(out, CDP_SEG_HDR_LEN + ZSTD_compressBound(raw_len));
+	cdp_buf_reserve(out, cdp_seg_seal_room(raw_len));
 	body = out->data + base + CDP_SEG_HDR_LEN;
 	h.body_len = h.raw_len;
 	if (level && raw_len) {

@@ -250,6 +250,12 @@ struct cdp_seg_seal_opts {
 #define CDP_SEG_ENC_SPARE (CDP_SEG_HDR_LEN + CDP_SEG_MAX_RAW + (CDP_SEG_MAX_RAW >> 8) + 4096)
 int cdp_seg_enc_seal(struct cdp_seg_enc *enc, const struct cdp_seg_seal_opts *opts,
 		     struct cdp_buf *out, uint8_t digest_out[CDP_DIGEST_LEN], struct cdp_err *err);
+/*
+ * Free room in @out with which cdp_seg_enc_seal() allocates nothing for
+ * @raw_len bytes of records (the header and zstd's worst case): a caller
+ * that must not take malloc's locks during the seal reserves it before.
+ */
+size_t cdp_seg_seal_room(size_t raw_len);
 
 /* ---- decoder --------------------------------------------------------- */
 

@@ -30,8 +30,8 @@
  *	journal_max_bytes = 10GiB    ; 0 = no cap
  *	point_interval = 1s
  */
-#include <fcntl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
