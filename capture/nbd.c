@@ -21,13 +21,17 @@
  *    A done() whose reply has no data sends it itself when that costs no
  *    wait (reply_now: send side free, the socket takes the 16 bytes at
  *    once); an export thread never blocks on a slow client.
- *  - A lone request (nothing else in flight on the connection: a client at
- *    queue depth 1) is submitted with CDP_IO_F_INLINE and answered by the
+ *  - A lone request (no other request on the connection still waiting for
+ *    its reply: a client at queue depth 1) is submitted with
+ *    CDP_IO_F_INLINE and answered by the
  *    reader itself when the export completes it inside submit(): no thread
  *    hand-off at all. r->inline_state settles the race with a done() from
  *    another thread (the export may still queue it): whoever comes second
  *    of "submit returned" and "done" owns the reply. Sends from the reader
- *    and the writer are serialised by c->send_mu.
+ *    and the writer are serialised by c->send_mu. "Lone" counts requests
+ *    whose reply has not started (c->unreplied), not slots: a thread that
+ *    has sent a reply frees the slot just after, and a client at queue
+ *    depth 1 may already have sent its next request by then.
  *  - Flow control: c->inflight (guarded by c->mu) counts requests between
  *    the reader taking them and the writer freeing them. The reader reads no
  *    new header while it is max_inflight: memory per connection is bounded
@@ -359,6 +363,7 @@ struct nbd_conn {
 	pthread_mutex_t mu;
 	pthread_cond_t cond;	/* inflight went down */
 	unsigned inflight;	/* guarded by mu */
+	atomic_uint unreplied;	/* requests read whose reply has not started */
 	atomic_bool dead;	/* a send failed: replies are dropped */
 };
 
@@ -377,6 +382,7 @@ struct nbd_req {
 	uint32_t error;		/* the NBD error to reply with, once final */
 	int rc;			/* from the export */
 	_Atomic int inline_state;	/* INLINE_*: who answers an inline submit */
+	bool replied;		/* counted out of c->unreplied */
 	uint8_t data[];		/* READ and WRITE payload */
 };
 
@@ -758,6 +764,15 @@ out:
 
 /* ---- transmission ----------------------------------------------------------- */
 
+/* @r's reply starts now (or never will): it no longer keeps others from being lone. */
+static void req_replied(struct nbd_conn *c, struct nbd_req *r)
+{
+	if (!r->replied) {
+		r->replied = true;
+		atomic_fetch_sub(&c->unreplied, 1);
+	}
+}
+
 static void inflight_put(struct nbd_conn *c)
 {
 	pthread_mutex_lock(&c->mu);
@@ -837,6 +852,7 @@ static bool reply_now(struct nbd_conn *c, struct nbd_req *r)
 	if (!r->error && r->rc < 0)
 		r->error = nbd_errno(r->rc);
 	reply_header(h, r);
+	req_replied(c, r);
 	n = atomic_load(&c->dead) ? (ssize_t)sizeof(h) :
 	    send(c->fd, h, sizeof(h), MSG_DONTWAIT | MSG_NOSIGNAL);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -908,6 +924,7 @@ static void send_reply(struct nbd_conn *c, struct nbd_req *r)
 	pthread_mutex_lock(&c->send_mu);
 	if (r->error)
 		c->errors++;
+	req_replied(c, r);
 	rc = atomic_load(&c->dead) ? 0 : conn_sendv(c, iov, n, -1);
 	pthread_mutex_unlock(&c->send_mu);
 	if (rc)
@@ -928,6 +945,7 @@ static void send_failed(struct nbd_conn *c, int rc)
 /* @r is answered (or its reply dropped): free it and its slot. */
 static void req_end(struct nbd_conn *c, struct nbd_req *r)
 {
+	req_replied(c, r);
 	free(r);
 	inflight_put(c);
 }
@@ -972,9 +990,7 @@ static void req_submit_first(struct nbd_conn *c, struct nbd_req *r)
 	bool lone;
 	int rc;
 
-	pthread_mutex_lock(&c->mu);
-	lone = c->inflight == 1;
-	pthread_mutex_unlock(&c->mu);
+	lone = atomic_load(&c->unreplied) == 1;	/* @r itself */
 	if (!lone) {
 		req_submit(c, r);
 		return;
@@ -1026,6 +1042,7 @@ static struct nbd_req *req_new(struct nbd_conn *c, const struct cdp_nbd_request 
 	r->io.length = q->length;
 	r->io.done = req_done;
 	r->io.user = c;
+	atomic_fetch_add(&c->unreplied, 1);
 	return r;
 }
 
@@ -1046,8 +1063,7 @@ static void set_why(struct nbd_conn *c, int rc, const char *what)
  */
 static int payload_lost(struct nbd_conn *c, struct nbd_req *r, int rc)
 {
-	free(r);
-	inflight_put(c);
+	req_end(c, r);
 	rc = rc == -ENODATA ? -EPROTO : rc;
 	set_why(c, rc, "");
 	return rc;
