@@ -3,7 +3,7 @@
  * through the splitter, and streams the captured segments to cdp-journald.
  *
  *	cdp-agent [--config FILE] [--set section.key=value]... [--debug MODULES]
- *		  [--help-config]
+ *		  [--print-config] [--help-config[=ini|markdown]]
  *
  * Threads: the NBD server's (capture/nbd), the splitter's I/O and seal
  * threads, "tick" (point interval; settles the activity log), "link" (dials
@@ -1116,7 +1116,7 @@ static void reload(struct agent *a, const char *config, unsigned flags, const ch
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: cdp-agent [--config FILE] [--set section.key=value]... "
-		"[--debug MODULES] [--help-config]\n");
+		"[--debug MODULES] [--print-config] [--help-config[=ini|markdown]]\n");
 }
 
 int main(int argc, char **argv)
@@ -1125,7 +1125,8 @@ int main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "set", required_argument, NULL, 's' },
 		{ "debug", required_argument, NULL, 'd' },
-		{ "help-config", no_argument, NULL, 'H' },
+		{ "help-config", optional_argument, NULL, 'H' },
+		{ "print-config", no_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1133,6 +1134,7 @@ int main(int argc, char **argv)
 	struct cdp_err err = CDP_ERR_INIT;
 	const char *config = "/etc/cdp/agent.conf", *sets[64];
 	unsigned nsets = 0, flags = 0;
+	bool print = false;
 	struct signalfd_siginfo si;
 	sigset_t mask;
 	int c, sfd, rc = 1;
@@ -1163,8 +1165,10 @@ int main(int argc, char **argv)
 			cdp_log_set_debug(optarg);
 			break;
 		case 'H':
-			cdp_conf_print_help(&table, stdout, CDP_CONF_HELP_INI);
-			return 0;
+			return cdp_conf_help_command(&table, optarg);
+		case 'P':
+			print = true;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -1185,6 +1189,11 @@ int main(int argc, char **argv)
 			goto conf_fail;
 	if (a.cfg.reconnect_max < a.cfg.reconnect_min)
 		a.cfg.reconnect_max = a.cfg.reconnect_min;
+	if (print) {	/* the files and flags as the agent would run with them */
+		cdp_conf_dump(&table, &a.cfg, stdout);
+		cdp_conf_release(&table, &a.cfg);
+		return fflush(stdout) ? 1 : 0;
+	}
 
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);

@@ -760,6 +760,8 @@ static int check_option(const struct cdp_conf_table *t, size_t idx, struct cdp_e
 				   "-byte struct", key, o->offset, o->size, t->size);
 	if (!o->help || !*o->help)
 		return cdp_err_set(err, -EINVAL, "option %s: no help text", key);
+	if (o->def && strchr(o->def, '`'))	/* a code span in the Markdown help */
+		return cdp_err_set(err, -EINVAL, "option %s: a default with a backquote", key);
 	if (o->flags & ~(CDP_CONF_F_ZERO_OFF | CDP_CONF_F_RESTART))
 		return cdp_err_set(err, -EINVAL, "option %s: unknown flags 0x%x", key, o->flags);
 	if ((o->flags & CDP_CONF_F_ZERO_OFF) && !is_numeric(o->type))
@@ -1562,11 +1564,11 @@ static void put_plain(FILE *f, const char *s, size_t n)
 	fwrite(s, 1, n, f);
 }
 
-/* scdoc formats *bold* and _underline_; escape them and the backslash. */
-static void put_scdoc(FILE *f, const char *s, size_t n)
+/* Markdown: escape what would format (emphasis, code, links, HTML, tables). */
+static void put_md(FILE *f, const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (s[i] == '*' || s[i] == '_' || s[i] == '\\')
+		if (strchr("\\*_`[]<>|#", s[i]) && s[i])
 			fputc('\\', f);
 		fputc(s[i], f);
 	}
@@ -1596,15 +1598,19 @@ static void help_ini(const struct cdp_conf_table *t, const char *section, void *
 	}
 }
 
-static void help_scdoc(const struct cdp_conf_table *t, const char *section, void *arg)
+/*
+ * One bullet per option: name, default, type and bounds, then the help, as
+ * one paragraph wrapped to 78 columns. Names and defaults are code spans:
+ * cdp_conf_table_check() lets neither hold a backquote.
+ */
+static void help_markdown(const struct cdp_conf_table *t, const char *section, void *arg)
 {
 	struct help_arg *a = arg;
 
-	if (*section) {
-		fputs("## [", a->f);
-		put_scdoc(a->f, section, strlen(section));
-		fputs("]\n\n", a->f);
-	}
+	if (*section)
+		fprintf(a->f, "\n### `[%s]`\n\n", section);
+	else
+		fputs("\n### Before the first section\n\n", a->f);
 	for (size_t i = 0; i < t->n_options; i++) {
 		const struct cdp_conf_option *o = &t->options[i];
 		const char *def = o->def ? o->def : "";
@@ -1612,29 +1618,48 @@ static void help_scdoc(const struct cdp_conf_table *t, const char *section, void
 
 		if (strcmp(o->section, section))
 			continue;
-		fputc('*', a->f);
-		put_scdoc(a->f, o->name, strlen(o->name));
-		fputs("* = _", a->f);
-		put_scdoc(a->f, type_name(o->type), strlen(type_name(o->type)));
-		fputs("_ (default: ", a->f);
-		put_scdoc(a->f, *def ? def : "empty", strlen(*def ? def : "empty"));
-		fputs(")\n", a->f);
-		wrap(a->f, "\t", o->help, 78, put_scdoc);
-		if (*describe(o, false, what, sizeof(what))) {
-			what[0] = (char)toupper((unsigned char)what[0]);
-			strncat(what, ".", sizeof(what) - strlen(what) - 1);
-			wrap(a->f, "\t", what, 78, put_scdoc);
-		}
-		fputc('\n', a->f);
+		fprintf(a->f, "- **`%s`** = `%s`%s:\n", o->name, *def ? def : "\"\"",
+			*def ? "" : " (empty)");
+		describe(o, true, what, sizeof(what));
+		strncat(what, ".", sizeof(what) - strlen(what) - 1);
+		wrap(a->f, "  ", what, 78, put_md);
+		wrap(a->f, "  ", o->help, 78, put_md);
 	}
+}
+
+int cdp_conf_help_format_parse(const char *s, enum cdp_conf_help_format *fmt,
+			       struct cdp_err *err)
+{
+	if (!s || !strcmp(s, "ini"))
+		*fmt = CDP_CONF_HELP_INI;
+	else if (!strcmp(s, "markdown"))
+		*fmt = CDP_CONF_HELP_MARKDOWN;
+	else
+		return cdp_err_set(err, -EINVAL, "--help-config: '%s' is not one of: ini, markdown",
+				   s);
+	return 0;
+}
+
+int cdp_conf_help_command(const struct cdp_conf_table *t, const char *format)
+{
+	struct cdp_err err = CDP_ERR_INIT;
+	enum cdp_conf_help_format fmt;
+
+	if (cdp_conf_help_format_parse(format, &fmt, &err)) {
+		fprintf(stderr, "%s: %s\n", t->prog, err.msg);
+		return 2;
+	}
+	cdp_conf_print_help(t, stdout, fmt);
+	return fflush(stdout) ? 1 : 0;
 }
 
 void cdp_conf_print_help(const struct cdp_conf_table *t, FILE *f, enum cdp_conf_help_format fmt)
 {
 	struct help_arg a = { f, fmt };
 
-	if (fmt == CDP_CONF_HELP_SCDOC) {
-		for_each_section(t, help_scdoc, &a);
+	if (fmt == CDP_CONF_HELP_MARKDOWN) {
+		fprintf(f, "<!-- %s --help-config=markdown -->\n", t->prog);
+		for_each_section(t, help_markdown, &a);
 		return;
 	}
 	fprintf(f, "# %s configuration: every option, commented out, with its default.\n"

@@ -225,7 +225,7 @@ bool cdp_conf_equal(const struct cdp_conf_table *t, const void *a, const void *b
 
 enum cdp_conf_help_format {
 	CDP_CONF_HELP_INI,	/* a commented sample config file: --help-config */
-	CDP_CONF_HELP_SCDOC,	/* an scdoc fragment for the man page's OPTIONS */
+	CDP_CONF_HELP_MARKDOWN,	/* the option list in docs/configuration.md */
 };
 
 /*
@@ -234,6 +234,16 @@ enum cdp_conf_help_format {
  * option commented out), so it can ship as the sample /etc/cdp/X.conf.
  */
 void cdp_conf_print_help(const struct cdp_conf_table *t, FILE *f, enum cdp_conf_help_format fmt);
+
+/* --help-config's argument: NULL or "ini", "markdown"; else -EINVAL naming it. */
+int cdp_conf_help_format_parse(const char *s, enum cdp_conf_help_format *fmt,
+			       struct cdp_err *err);
+
+/*
+ * A daemon's --help-config[=FORMAT]: prints the help in @format (NULL: ini)
+ * to stdout and returns 0, or "PROG: --help-config: ..." to stderr and 2.
+ */
+int cdp_conf_help_command(const struct cdp_conf_table *t, const char *format);
 
 /*
  * The unit parsers, on a whole string (no surrounding blanks; see the units

@@ -3,7 +3,8 @@
  * recovery points and restores, and (later) feeds standbys.
  *
  *	cdp-journald [--config FILE] [--state-dir DIR] [--listen ADDR[,ADDR...]]
- *		     [--set section.key=value]... [--debug MODULES] [--help-config]
+ *		     [--set section.key=value]... [--debug MODULES]
+ *		     [--print-config] [--help-config[=ini|markdown]]
  *
  * Without --config, /etc/cdp/journald.conf is read when it exists; without
  * any file the daemon runs on defaults with its state in ./cdp-state and a
@@ -89,7 +90,7 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: cdp-journald [--config FILE] [--state-dir DIR] [--listen ADDR,...]\n"
 		   "                    [--set section.key=value]... [--debug MODULES]\n"
-		   "                    [--help-config]\n");
+		   "                    [--print-config] [--help-config[=ini|markdown]]\n");
 }
 
 static int split_listen(char *list, const char **out, size_t max)
@@ -110,7 +111,8 @@ int main(int argc, char **argv)
 		{ "listen", required_argument, NULL, 'l' },
 		{ "set", required_argument, NULL, 'S' },
 		{ "debug", required_argument, NULL, 'd' },
-		{ "help-config", no_argument, NULL, 'H' },
+		{ "help-config", optional_argument, NULL, 'H' },
+		{ "print-config", no_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -122,6 +124,7 @@ int main(int argc, char **argv)
 	char *sets[32], *state_arg = NULL, *listen_arg = NULL, *listen_copy;
 	unsigned flags = 0;
 	int nsets = 0, c, sfd, nlisten, rc = 1;
+	bool print = false;
 	sigset_t mask;
 
 	cdp_log_init("cdp-journald");
@@ -147,7 +150,8 @@ int main(int argc, char **argv)
 			sets[nsets++] = optarg;
 			break;
 		case 'd': cdp_log_set_debug(optarg); break;
-		case 'H': cdp_conf_print_help(&table, stdout, CDP_CONF_HELP_INI); return 0;
+		case 'H': return cdp_conf_help_command(&table, optarg);
+		case 'P': print = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -177,6 +181,12 @@ int main(int argc, char **argv)
 	    (d->cfg.tls_key[0] != '\0') == 2) {
 		cdp_err_set(&err, -EINVAL, "tls: ca, cert and key: all three or none");
 		goto conf_fail;
+	}
+	if (print) {	/* the files and flags as the daemon would run with them */
+		cdp_conf_dump(&table, &d->cfg, stdout);
+		cdp_conf_release(&table, &d->cfg);
+		free(d);
+		return fflush(stdout) ? 1 : 0;
 	}
 	d->tls = d->cfg.tls_ca[0] != '\0';
 	d->clock = cdp_clock_real();

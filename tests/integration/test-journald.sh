@@ -47,6 +47,25 @@ retention = 1h
 EOF
 done
 
+# --help-config prints a sample file or (=markdown) the list in
+# docs/configuration.md; another format is a usage error that names it.
+"$JD" --help-config | grep -x '#verify_defer_max = 10s' >/dev/null || die "--help-config: no verify_defer_max"
+"$JD" --help-config=markdown | grep '^- \*\*`verify_defer_max`\*\* = `10s`:$' >/dev/null ||
+	die "--help-config=markdown: no verify_defer_max"
+out=$("$JD" --help-config=man 2>&1) && die "--help-config=man succeeded"
+[ "$out" = "cdp-journald: --help-config: 'man' is not one of: ini, markdown" ] ||
+	die "--help-config=man: $out"
+rc=0
+"$JD" --help-config=man 2>/dev/null || rc=$?
+[ "$rc" -eq 2 ] || die "--help-config=man: status $rc, not 2"
+# --print-config: the files and flags in effect, as a file that loads to the same.
+"$JD" --print-config --set journal.verify_defer_max=3s --state-dir "$T/x" >"$T/eff.conf" ||
+	die "--print-config"
+grep -qx 'verify_defer_max = 3s' "$T/eff.conf" || die "--print-config: no --set value"
+grep -qx "state_dir = $T/x" "$T/eff.conf" || die "--print-config: no --state-dir value"
+"$JD" --config "$T/eff.conf" --print-config | cmp -s - "$T/eff.conf" ||
+	die "--print-config: its output does not load back to the same"
+
 start_jd
 ctl plan create "$T/db01.plan" >/dev/null || die "plan create db01"
 ctl plan create "$T/db02.plan" >/dev/null || die "plan create db02"

@@ -170,6 +170,8 @@ static void test_table_check_rejects_our_bugs(void **state)
 		    .help = "h" },
 		  "values[] missing" },
 		{ { "c", "x", CDP_CONF_BOOL_AT(struct tconf, debug), .def = "no" }, "no help" },
+		{ { "c", "x", CDP_CONF_STRING_AT(struct tconf, name), .def = "a`b", .help = "h" },
+		  "a default with a backquote" },
 		{ { "c", "x", CDP_CONF_INT_AT(struct tconf, count), .help = "h" }, "no default" },
 		{ { "c", "x", .type = CDP_CONF_INT, .offset = 0, .size = 4, .def = "1",
 		    .help = "h" },
@@ -958,9 +960,9 @@ static void help_ini_fn(FILE *fp, const void *arg)
 	cdp_conf_print_help(&ttab, fp, CDP_CONF_HELP_INI);
 }
 
-static void help_scdoc_fn(FILE *fp, const void *arg)
+static void help_md_fn(FILE *fp, const void *arg)
 {
-	cdp_conf_print_help(&ttab, fp, CDP_CONF_HELP_SCDOC);
+	cdp_conf_print_help(&ttab, fp, CDP_CONF_HELP_MARKDOWN);
 }
 
 static void test_dump_reads_back_to_an_equal_config(void **state)
@@ -1002,11 +1004,12 @@ static void test_help_lists_every_option_and_is_a_valid_file(void **state)
 {
 	struct fixture *f = *state;
 	struct tconf defaults = { 0 };
-	char *ini, *scdoc;
+	enum cdp_conf_help_format fmt = CDP_CONF_HELP_MARKDOWN;
+	char *ini, *md;
 	size_t len, slen;
 
 	ini = capture(help_ini_fn, NULL, &len);
-	scdoc = capture(help_scdoc_fn, NULL, &slen);
+	md = capture(help_md_fn, NULL, &slen);
 	for (size_t i = 0; i < CDP_ARRAY_SIZE(topts); i++) {
 		char line[128];
 
@@ -1028,12 +1031,27 @@ static void test_help_lists_every_option_and_is_a_valid_file(void **state)
 	assert_true(cdp_conf_equal(&ttab, &defaults, &f->cfg, NULL));
 	cdp_conf_release(&ttab, &defaults);
 
-	assert_non_null(strstr(scdoc, "## [cache]\n\n*size* = _size_ (default: 256MiB)\n\tMemory"));
-	assert_non_null(strstr(scdoc, "*spill\\_max* = _size_"));
-	assert_non_null(strstr(scdoc, "*debug* = _bool_ (default: no)\n"));
-	assert_true(strstr(scdoc, "*debug*") < strstr(scdoc, "## [main]"));
+	assert_non_null(strstr(md, "### `[cache]`\n\n- **`size`** = `256MiB`:\n"
+				   "  size, 16MiB to 64GiB.\n  Memory for segments the journal server "
+				   "has not acknowledged yet.\n"));
+	assert_non_null(strstr(md, "- **`spill_max`** = `0`:\n  size, 64MiB to 1TiB, or 0 for off.\n"
+				   "  Spill file cap.\n"));
+	assert_non_null(strstr(md, "- **`dir`** = `\"\"` (empty):\n  string.\n  Spill directory; "
+				   "empty: no spill.\n"));
+	assert_non_null(strstr(md, "  enum: err \\| warn \\| info \\| debug.\n"));
+	assert_non_null(strstr(md, "### Before the first section\n\n- **`debug`** = `no`:\n  bool.\n"));
+	assert_true(strstr(md, "**`debug`**") < strstr(md, "### `[main]`"));
 	free(ini);
-	free(scdoc);
+	free(md);
+
+	/* --help-config's argument */
+	assert_int_equal(cdp_conf_help_format_parse(NULL, &fmt, &f->err), 0);
+	assert_int_equal(fmt, CDP_CONF_HELP_INI);
+	assert_int_equal(cdp_conf_help_format_parse("markdown", &fmt, &f->err), 0);
+	assert_int_equal(fmt, CDP_CONF_HELP_MARKDOWN);
+	assert_int_equal(cdp_conf_help_format_parse("man", &fmt, &f->err), -EINVAL);
+	assert_string_equal(f->err.msg, "--help-config: 'man' is not one of: ini, markdown");
+	assert_int_equal(fmt, CDP_CONF_HELP_MARKDOWN);
 }
 
 static void test_format_for_logs(void **state)
