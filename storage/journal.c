@@ -2351,19 +2351,33 @@ bool jbg_sleep(struct cdp_journal *j, int64_t ns)
 	return bg_sleep(j, ns);
 }
 
+bool jbusy_update(struct jbusy *m, uint64_t bytes, int64_t now)
+{
+	const double full = (double)CDP_JOURNAL_BUSY_RATE * CDP_JOURNAL_BUSY_WINDOW / CDP_NS_PER_SEC;
+	double stored;
+
+	if (!m->t) {
+		*m = (struct jbusy){ .bytes = bytes, .t = now };
+		return false;
+	}
+	stored = (double)(bytes - m->bytes);
+	if (now - m->t >= CDP_JOURNAL_BUSY_WINDOW) {
+		m->busy = stored * CDP_NS_PER_SEC >=
+			  (double)CDP_JOURNAL_BUSY_RATE * (double)(now - m->t);
+		m->bytes = bytes;
+		m->t = now;
+	} else if (stored >= full) {
+		m->busy = true;
+	}
+	return m->busy;
+}
+
 bool jbusy_check(struct cdp_journal *j, struct jbusy *m)
 {
-	int64_t now = cdp_clock_mono_ns(j->clock);
 	uint64_t bytes;
-	bool busy;
 
 	cdp_journal_commit_stats(j, NULL, NULL, &bytes);
-	busy = m->t && now > m->t &&
-	       (double)(bytes - m->bytes) * CDP_NS_PER_SEC >=
-	       (double)CDP_JOURNAL_BUSY_RATE * (double)(now - m->t);
-	m->bytes = bytes;
-	m->t = now;
-	return busy;
+	return jbusy_update(m, bytes, cdp_clock_mono_ns(j->clock));
 }
 
 static void *prep_main(void *arg)

@@ -71,6 +71,8 @@ struct cdp_journal_event {
 
 /* Ingest this fast (bytes/s) is busy: the verifier and spare files wait for it. */
 #define CDP_JOURNAL_BUSY_RATE (20u << 20)
+/* ... measured over at least this long (ns): several group commits. */
+#define CDP_JOURNAL_BUSY_WINDOW (500 * 1000 * 1000ll)
 
 struct cdp_journal_opts {
 	struct cdp_clock *clock;	/* NULL = the real clock */

@@ -280,14 +280,22 @@ void jfiles_release_below(struct cdp_journal *j, struct jplan *p, uint64_t seq);
 /* verifier (journal_verify.c) */
 void *jverify_main(void *arg);
 /*
- * Whether ingest is busy (journal.c): stored at CDP_JOURNAL_BUSY_RATE or
- * more since the previous call with @m (the first call says no).
+ * Whether ingest is busy (journal.c): it stored at CDP_JOURNAL_BUSY_RATE or
+ * more over a window of at least CDP_JOURNAL_BUSY_WINDOW. Stores come in
+ * group commits, tens of ms apart during a full sync: a caller that looks
+ * every few ms (the spare writer, between its 4 MiB writes) must not read
+ * the gap between two commits as quiet. So a verdict stands until a whole
+ * window has passed since the last one, except that a window's worth of
+ * bytes at the rate makes it busy at once. The first look says no.
+ * jbusy_update() is the decision on the journal's counter and clock.
  */
 struct jbusy {
-	uint64_t bytes;
-	int64_t t;
+	uint64_t bytes;		/* stored bytes at the window's start */
+	int64_t t;		/* the window's start; 0: no look yet */
+	bool busy;		/* the standing verdict */
 };
 bool jbusy_check(struct cdp_journal *j, struct jbusy *m);
+bool jbusy_update(struct jbusy *m, uint64_t bytes, int64_t now);
 /*
  * The verifier's choice for one round (journal_verify.c): true = let it go.
  * @busy: ingest is busy, @now: monotonic time, @since: when the current

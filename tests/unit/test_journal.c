@@ -708,7 +708,50 @@ static void test_verifier_defers_to_busy_ingest(void **state)
 	assert_false(jverify_defer(&o, true, t, &deferring, &since));
 }
 
-/* Busy means stored at CDP_JOURNAL_BUSY_RATE or more since the last look, by the journal's clock. */
+/*
+ * Busy means stored at CDP_JOURNAL_BUSY_RATE or more over a window of at
+ * least CDP_JOURNAL_BUSY_WINDOW; a verdict stands through the gaps between
+ * group commits, and a window's worth of bytes is busy at once.
+ */
+static void test_busy_meter_decides_per_window(void **state)
+{
+	const int64_t w = CDP_JOURNAL_BUSY_WINDOW, t0 = 1000 * CDP_NS_PER_SEC;
+	const uint64_t full = (uint64_t)((double)CDP_JOURNAL_BUSY_RATE * w / CDP_NS_PER_SEC);
+	struct jbusy m = { 0 };
+	uint64_t b = 5000;
+
+	(void)state;
+	assert_false(jbusy_update(&m, b, t0));	/* the first look has nothing to compare */
+	/* A commit of 1 MiB a moment later: not enough for a verdict yet. */
+	b += 1 << 20;
+	assert_false(jbusy_update(&m, b, t0 + CDP_NS_PER_MS));
+	/* The window closes with 1 MiB in it: below the rate, quiet. */
+	assert_false(jbusy_update(&m, b, t0 + w));
+	/* A full sync starts: a window's worth in 100 ms is busy at once... */
+	b += full;
+	assert_true(jbusy_update(&m, b, t0 + w + 100 * CDP_NS_PER_MS));
+	/* ...and stays busy between its commits, looked at every 5 ms. */
+	for (int64_t t = t0 + w + 105 * CDP_NS_PER_MS; t < t0 + 2 * w; t += 5 * CDP_NS_PER_MS)
+		assert_true(jbusy_update(&m, b, t));
+	/* The window closes at the rate (just over): still busy, a new window. */
+	b += 1 << 20;
+	assert_true(jbusy_update(&m, b, t0 + 2 * w));
+	/* Commits of 4 MiB every 150 ms (~27 MiB/s) through the next window: busy. */
+	for (int i = 1; i <= 3; i++) {
+		b += 4 << 20;
+		assert_true(jbusy_update(&m, b, t0 + 2 * w + i * 150 * CDP_NS_PER_MS));
+	}
+	b += 4 << 20;
+	assert_true(jbusy_update(&m, b, t0 + 3 * w));
+	/* The sync ends: busy until the window closes with nothing in it. */
+	assert_true(jbusy_update(&m, b, t0 + 3 * w + w / 2));
+	assert_false(jbusy_update(&m, b, t0 + 4 * w));
+	/* A trickle below the rate over a long window: quiet. */
+	b += full / 4;
+	assert_false(jbusy_update(&m, b, t0 + 5 * w));
+}
+
+/* jbusy_check() reads the journal's committed bytes and its clock. */
 static void test_busy_meter(void **state)
 {
 	struct fixture *f = *state;
@@ -723,24 +766,17 @@ static void test_busy_meter(void **state)
 	o.no_verifier = true;
 	f->j = jt_open(f->dir, &o);
 	assert_false(jbusy_check(f->j, &m));	/* the first look has nothing to compare */
+	assert_int_equal(m.t, 1000 * CDP_NS_PER_SEC);
 	full_sync(&f->w);
 	jt_seal(&f->w, true);
 	jt_append_ok(f->j, &f->w);
 	cdp_journal_commit_stats(f->j, NULL, NULL, &bytes);
-	assert_true(bytes > 0);
-	/* Those bytes in a window just long enough to be below the rate: not busy. */
-	cdp_clock_fake_advance(clk, (int64_t)((double)bytes * CDP_NS_PER_SEC /
-					      CDP_JOURNAL_BUSY_RATE) + CDP_NS_PER_MS);
+	assert_true(bytes > 0 && bytes < CDP_JOURNAL_BUSY_RATE / 2);
+	/* Those bytes over a whole window: below the rate, quiet. */
+	cdp_clock_fake_advance(clk, CDP_JOURNAL_BUSY_WINDOW);
 	assert_false(jbusy_check(f->j, &m));
-	/* The same again in a much shorter window: busy. */
-	jt_write(&f->w, 0, 0, 65536);
-	jt_seal(&f->w, true);
-	jt_append_ok(f->j, &f->w);
-	cdp_clock_fake_advance(clk, 1000);
-	assert_true(jbusy_check(f->j, &m));
-	/* Nothing stored since: quiet. */
-	cdp_clock_fake_advance(clk, 1000);
-	assert_false(jbusy_check(f->j, &m));
+	assert_int_equal(m.bytes, bytes);
+	assert_int_equal(m.t, 1000 * CDP_NS_PER_SEC + CDP_JOURNAL_BUSY_WINDOW);
 	cdp_journal_close(f->j);
 	f->j = NULL;
 }
@@ -912,6 +948,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_verifier_finds_flipped_byte, setup, teardown),
 		cmocka_unit_test(test_verifier_defers_to_busy_ingest),
+		cmocka_unit_test(test_busy_meter_decides_per_window),
 		cmocka_unit_test_setup_teardown(test_busy_meter, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_plan_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_sync_is_never_taken_as_success, setup,
