@@ -23,9 +23,8 @@
  *    once); an export thread never blocks on a slow client.
  *  - A lone request (no other request on the connection still waiting for
  *    its reply: a client at queue depth 1) is submitted with
- *    CDP_IO_F_INLINE and answered by the
- *    reader itself when the export completes it inside submit(): no thread
- *    hand-off at all. r->inline_state settles the race with a done() from
+ *    CDP_IO_F_INLINE and answered by the reader itself when the export
+ *    completes it inside submit(): no thread hand-off at all. r->inline_state settles the race with a done() from
  *    another thread (the export may still queue it): whoever comes second
  *    of "submit returned" and "done" owns the reply. Sends from the reader
  *    and the writer are serialised by c->send_mu. "Lone" counts requests
@@ -856,6 +855,8 @@ static bool reply_now(struct nbd_conn *c, struct nbd_req *r)
 	n = atomic_load(&c->dead) ? (ssize_t)sizeof(h) :
 	    send(c->fd, h, sizeof(h), MSG_DONTWAIT | MSG_NOSIGNAL);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+		r->replied = false;	/* not started after all: the writer sends it */
+		atomic_fetch_add(&c->unreplied, 1);
 		pthread_mutex_unlock(&c->send_mu);
 		return false;
 	}
