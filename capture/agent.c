@@ -265,7 +265,7 @@ static void log_stats(struct agent *a)
 	struct cdp_splitter_stats st;
 	struct cdp_cache_stats cst;
 	struct rusage ru;
-	char line[256], spill[80];
+	char line[256], spill[80], per_gb[32];
 	uint64_t rss_kib = 0;
 	double cpu, gb;
 	FILE *f;
@@ -282,15 +282,21 @@ static void log_stats(struct agent *a)
 	cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
 	      (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 	gb = (double)st.write_bytes / 1e9;
+	per_gb[0] = 0;
+	if (gb > 0)
+		snprintf(per_gb, sizeof(per_gb), " (%.2f s/GB)", cpu / gb);
 	spill[0] = 0;
 	if (a->spill_file[0])
 		snprintf(spill, sizeof(spill), " (spilled %" PRIu64 " segments %.1f MiB)",
 			 cst.spilled_segments, (double)cst.spilled_bytes / (1 << 20));
 	cdp_log_info("agent: stats: %s, next seq %" PRIu64 ", cache %" PRIu64 " segments %.1f MiB%s, "
-		     "captured %.3f GB in %" PRIu64 " writes, RSS %.1f MiB, CPU %.2f s%s%.2f s/GB",
+		     "captured %.3f GB in %" PRIu64 " writes, RSS %.1f MiB, CPU %.2f s%s, "
+		     "sealed %" PRIu64 " segments (%" PRIu64 " at zstd's fast level, %" PRIu64
+		     " raw), seal thread behind %" PRIu64 " times",
 		     st.mode == CDP_SPLIT_CONTINUOUS ? "continuous" : "incremental", st.next_seq,
 		     cst.segments, (double)cst.bytes / (1 << 20), spill, gb, st.writes,
-		     (double)rss_kib / 1024, cpu, gb > 0 ? ", " : " (", gb > 0 ? cpu / gb : 0.0);
+		     (double)rss_kib / 1024, cpu, per_gb,
+		     st.segments, st.seals_fast, st.seals_raw, st.seal_promotions);
 }
 
 /*
