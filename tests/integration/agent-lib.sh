@@ -66,6 +66,30 @@ check_restore() {
 logmark() { wc -l <"$T/cdp-agent.log"; }
 seen_since() { tail -n "+$(($1 + 1))" "$T/cdp-agent.log" | grep -q -- "$2"; }
 
+# Writes $T/agent.conf for the plan's agent: journald at $1 (unix:PATH or
+# HOST:PORT), then one "NAME=SOURCE=NBD_SOCKET" per volume; points every
+# 200ms, sync caps off. What a test sets on top goes in the drop-in
+# $T/agent.conf.d/50-test.conf (agent_conf_extra), read after the file.
+write_agent_conf() {
+	local addr=$1 i=0 v rest
+	shift
+	{
+		printf '[agent]\nid = agent-%s\nplan = %s\nstate_dir = %s\n' "$PLAN" "$PLAN" "$T/agent-state"
+		printf '[server]\naddress = %s\n' "$addr"
+		printf '[capture]\npoint_interval = 200ms\n[sync]\nrate = 0\n'
+		for v in "$@"; do
+			rest=${v#*=}
+			printf '[volume%d]\nname = %s\npath = %s\nnbd = unix:%s\n' "$i" "${v%%=*}" \
+				"${rest%%=*}" "${rest#*=}"
+			i=$((i + 1))
+		done
+	} >"$T/agent.conf"
+	mkdir -p "$T/agent.conf.d"
+	: >"$T/agent.conf.d/50-test.conf"
+}
+# Appends standard input (INI lines) to the test's drop-in.
+agent_conf_extra() { cat >>"$T/agent.conf.d/50-test.conf"; }
+
 # Writes the plan file for volumes "NAME:SIZE, ..." ($1).
 write_plan() {
 	cat >"$T/$PLAN.plan" <<EOF

@@ -44,21 +44,10 @@ LOOP=$(losetup --find --show "$IMG" 2>"$T/losetup.err") ||
 VOLS=("vol0=$LOOP")
 
 write_plan "vol0:$SIZE"
-cat >"$T/agent.conf" <<EOF
-[agent]
-id = agent-db01
-plan = db01
-state_dir = $T/agent-state
-[server]
-address = unix:$SOCK
+write_agent_conf "unix:$SOCK" "vol0=$LOOP=$NBD"
+agent_conf_extra <<EOF
 [capture]
 point_interval = 100ms
-[sync]
-rate = 0
-[volume0]
-name = vol0
-path = $LOOP
-nbd = unix:$NBD
 EOF
 
 start_daemon -P "$T/jd.pid" "$JD" --state-dir "$T/state" --listen "unix:$SOCK"

@@ -15,25 +15,10 @@ SIZE=$((16 << 20))
 VOLS=("vol0=$T/vol0.img" "vol1=$T/vol1.img")
 
 write_plan "vol0:$SIZE, vol1:$SIZE"
-cat >"$T/agent.conf" <<EOF
-[agent]
-id = agent-db01
-plan = db01
-state_dir = $T/agent-state
-[server]
-address = unix:$SOCK
+write_agent_conf "unix:$SOCK" "vol0=$T/vol0.img=$T/vol0.nbd" "vol1=$T/vol1.img=$T/vol1.nbd"
+agent_conf_extra <<EOF
 [capture]
 point_interval = 100ms
-[sync]
-rate = 0
-[volume0]
-name = vol0
-path = $T/vol0.img
-nbd = unix:$T/vol0.nbd
-[volume1]
-name = vol1
-path = $T/vol1.img
-nbd = unix:$T/vol1.nbd
 EOF
 truncate -s "$SIZE" "$T/vol0.img" "$T/vol1.img"
 start_daemon -P "$T/jd.pid" "$JD" --state-dir "$T/state" --listen "unix:$SOCK"

@@ -34,15 +34,8 @@ wait_for 20 grep -q "^ready" "$T/python3.log" || die "proxy did not start"
 PPORT=$(awk '/^ready/ {print $2}' "$T/python3.log")
 
 write_plan "vol0:$SIZE"
-cat >"$T/agent.conf" <<EOF
-[agent]
-id = agent-db01
-plan = db01
-state_dir = $T/agent-state
-[server]
-address = 127.0.0.1:$PPORT
-[capture]
-point_interval = 200ms
+write_agent_conf "127.0.0.1:$PPORT" "vol0=$SRC=$NBD"
+agent_conf_extra <<EOF
 [cache]
 size = 16MiB
 [link]
@@ -50,12 +43,6 @@ ack_timeout = 1s
 down_limit = 2s
 reconnect_min = 50ms
 reconnect_max = 300ms
-[sync]
-rate = 0
-[volume0]
-name = vol0
-path = $SRC
-nbd = unix:$NBD
 EOF
 truncate -s "$SIZE" "$SRC"
 head -c $((2 << 20)) /dev/urandom | dd of="$SRC" conv=notrunc status=none

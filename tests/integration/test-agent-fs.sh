@@ -134,22 +134,7 @@ volumes = vol0:$SIZE
 retention = 1h
 point_interval = 200ms
 EOF
-cat >"$T/agent.conf" <<EOF
-[agent]
-id = agent-$PLAN
-plan = $PLAN
-state_dir = $T/agent-state
-[server]
-address = unix:$SOCK
-[capture]
-point_interval = 200ms
-[sync]
-rate = 0
-[volume0]
-name = vol0
-path = $T/vol0.img
-nbd = unix:$T/vol0.nbd
-EOF
+write_agent_conf "unix:$SOCK" "vol0=$T/vol0.img=$T/vol0.nbd"
 truncate -s "$SIZE" "$T/vol0.img"
 start_daemon -P "$T/jd.pid" "$JD" --state-dir "$T/state" --listen "unix:$SOCK"
 wait_for 20 test -S "$SOCK" || die "journald did not start"

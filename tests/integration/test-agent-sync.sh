@@ -39,22 +39,12 @@ resumed_done() { grep -A100000 "offset [1-9]" "$T/cdp-agent.log" | grep -q "sync
 
 write_plan "vol0:$SIZE"
 # 1 MiB records at 32 Mbit/s: about 8 s for the volume, ~4 records a second.
-cat >"$T/agent.conf" <<EOF
+write_agent_conf "unix:$SOCK" "vol0=$SRC=$T/vol0.nbd"
+agent_conf_extra <<EOF
 [agent]
-id = agent-db01
-plan = db01
-state_dir = $T/agent-state
 stats_interval = 1s
-[server]
-address = unix:$SOCK
-[capture]
-point_interval = 200ms
 [sync]
 rate = 32Mbit
-[volume0]
-name = vol0
-path = $SRC
-nbd = unix:$T/vol0.nbd
 EOF
 head -c "$SIZE" /dev/urandom >"$SRC"
 start_daemon -P "$T/jd.pid" "$JD" --state-dir "$T/state" --listen "unix:$SOCK"
@@ -101,7 +91,7 @@ grep -qF "$resume" "$T/cdp-agent.log" ||
 grep -q "is behind the local one" "$T/cdp-agent.log" && die "the journal said to have lost data"
 echo "ok: restart read the local checkpoint at ${killed[2]}, resumed from the journal's $offset"
 # Lift the cap on the running sync: SIGHUP rereads sync.rate.
-sed -i 's/^rate = 32Mbit/rate = 0/' "$T/agent.conf"
+sed -i 's/^rate = 32Mbit/rate = 0/' "$T/agent.conf.d/50-test.conf"
 kill -HUP "$(cat "$T/agent.pid")"
 wait_for 20 grep -q "SIGHUP: config reread; sync.rate is 0 bit/s" "$T/cdp-agent.log" ||
 	die "SIGHUP did not apply sync.rate"

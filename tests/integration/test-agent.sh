@@ -43,26 +43,13 @@ stop_pid() {
 qio() { qemu-io -f raw "nbd+unix:///?socket=$NBD" "$@" >/dev/null || die "qemu-io $*"; }
 
 write_plan "vol0:$SIZE"
-cat >"$T/agent.conf" <<EOF
-[agent]
-id = agent-db01
-plan = db01
-state_dir = $T/agent-state
-[server]
-address = unix:$SOCK
-[capture]
-point_interval = 200ms
+write_agent_conf "unix:$SOCK" "vol0=$SRC=$NBD"
+agent_conf_extra <<EOF
 [link]
 ack_timeout = 2s
 reconnect_min = 50ms
 reconnect_max = 500ms
 stop_timeout = 5s
-[sync]
-rate = 0
-[volume0]
-name = vol0
-path = $SRC
-nbd = unix:$NBD
 EOF
 
 # A source with data at the start, a hole, and data further on.
