@@ -1568,7 +1568,7 @@ static void put_plain(FILE *f, const char *s, size_t n)
 static void put_md(FILE *f, const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (strchr("\\*_`[]<>|#", s[i]) && s[i])
+		if (s[i] && strchr("\\*_`[]<>|#", s[i]))
 			fputc('\\', f);
 		fputc(s[i], f);
 	}
