@@ -116,7 +116,7 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct jd *d = cdp_xcalloc(1, sizeof(*d));
+	struct jd *d;	/* after the command line: its early exits have nothing to free */
 	struct cdp_err err = CDP_ERR_INIT;
 	struct cdp_journal_opts jo = { 0 };
 	struct cdp_rpc_server_opts so = { 0 };
@@ -165,6 +165,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "cdp-journald: CDP_FAULT: malformed (name:N[:sticky],...)\n");
 		return 2;
 	}
+	d = cdp_xcalloc(1, sizeof(*d));
 	cdp_conf_defaults(&table, &d->cfg);
 	if (cdp_conf_load(&table, &d->cfg, config, NULL, flags, &err))
 		goto conf_fail;
@@ -325,5 +326,7 @@ out_journal:
 	return rc;
 conf_fail:
 	fprintf(stderr, "cdp-journald: %s\n", err.msg);
+	cdp_conf_release(&table, &d->cfg);
+	free(d);
 	return 2;
 }
