@@ -51,6 +51,10 @@ reconnect_min = 50ms
 reconnect_max = 500ms
 stop_timeout = 5s
 EOF
+# --print-config: the file with its drop-in applied, as the agent would run.
+"$AGENT" --config "$T/agent.conf" --print-config >"$T/eff.conf" || die "--print-config"
+grep -qx 'ack_timeout = 2s' "$T/eff.conf" || die "--print-config: the drop-in's ack_timeout"
+grep -qx "state_dir = $T/agent-state" "$T/eff.conf" || die "--print-config: no state_dir"
 
 # A source with data at the start, a hole, and data further on.
 truncate -s "$SIZE" "$SRC"
