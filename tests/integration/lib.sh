@@ -45,6 +45,27 @@ cleanup_fn() {
 	_cleanups+=("$1")
 }
 
+# Ends a daemon we started: SIGTERM, repeated every 50 ms (a SIGTERM that
+# lands between our fork and the child's exec is lost: bash drops a trapped
+# signal pending in a new subshell when it resets the traps), SIGKILL after
+# 5 s. Then reaps it.
+_running() {
+	local st
+	st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+	[ -n "$st" ] && [ "${st%% *}" != Z ]	# a zombie has exited, only not reaped yet
+}
+_end_pid() {
+	local n
+	kill "$1" 2>/dev/null || return 0
+	for ((n = 0; n < 100; n++)); do
+		_running "$1" || break
+		sleep 0.05
+		kill "$1" 2>/dev/null || true
+	done
+	kill -9 "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
 # EXIT_STATUS: the test's exit status, for cleanups that only speak on failure.
 _run_cleanups() {
 	local rc=$? i pid
@@ -54,7 +75,7 @@ _run_cleanups() {
 		"${_cleanups[$i]}"
 	done
 	for pid in "${_daemon_pids[@]}"; do
-		kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+		_end_pid "$pid"
 	done
 	rm -rf "$T"
 	exit "$rc"

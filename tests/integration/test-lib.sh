@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test scaffolding itself: wait_for gives up at its deadline, cleanups
-# run on failure, start_daemon records the PID it ends, requires skips.
+# run on failure, start_daemon records the PID it ends (also through a lost
+# SIGTERM), requires skips.
 source "$(dirname "$0")/lib.sh"
 
 # wait_for: succeeds once the condition holds, fails when it never does.
@@ -29,6 +30,18 @@ fi
 [ "$(cat "$T/cleanup-ran" 2>/dev/null)" = cleaned ] || die "cleanup did not run on failure"
 pid=$(cat "$T/sleeper.pid")
 wait_for 5 bash -c "! kill -0 $pid" || die "daemon $pid outlived its test"
+
+# Ending a daemon survives a lost first SIGTERM (one that lands between the
+# fork and the exec is dropped): this one spends its first SIGTERM on
+# removing its trap, and must still be gone, and reaped, at once.
+start_daemon -P "$T/deaf.pid" bash -c 'trap "trap - TERM" TERM; while :; do sleep 0.01; done'
+pid=$(cat "$T/deaf.pid")
+wait_for 5 grep -q '^SigCgt:.*[1-9a-f]' "/proc/$pid/status" || die "the deaf daemon did not start"
+start=$(date +%s%N)
+_end_pid "$pid"
+elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+[ ! -e "/proc/$pid" ] || die "daemon $pid still exists after _end_pid"
+[ "$elapsed_ms" -lt 3000 ] || die "_end_pid took ${elapsed_ms} ms for a second SIGTERM"
 
 # requires: a missing tool means exit 77 (skipped), never a pass.
 rc=0
