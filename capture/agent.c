@@ -863,19 +863,13 @@ static void on_incremental(void *arg, const char *why)
  */
 static int request_nice(const struct agent *a)
 {
-	int want = (int)a->cfg.request_nice, was, rc;
+	int want = (int)a->cfg.request_nice, rc = cdp_thread_try_nice(want);
 
-	errno = 0;
-	was = getpriority(PRIO_PROCESS, (id_t)gettid());
-	if (errno || want >= was)
-		return want;
-	rc = cdp_thread_set_nice(want);
 	if (rc) {
 		cdp_log_warn("agent: capture.request_nice = %d: %s; the request threads run at "
 			     "nice 0", want, strerror(-rc));
 		return 0;
 	}
-	cdp_thread_set_nice(was);	/* raising the value is always permitted */
 	return want;
 }
 

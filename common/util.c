@@ -180,17 +180,30 @@ int cdp_thread_set_idle(pid_t tid, bool idle)
 	return 0;
 }
 
+int cdp_thread_try_nice(int nice)
+{
+	int was, rc;
+
+	errno = 0;
+	was = getpriority(PRIO_PROCESS, (id_t)gettid());
+	if (errno)
+		return -errno;
+	if (nice >= was)
+		return 0;	/* raising the value is always permitted */
+	rc = cdp_thread_set_nice(nice);
+	if (rc)
+		return rc;
+	cdp_thread_set_nice(was);
+	return 0;
+}
+
 bool cdp_thread_may_raise(void)
 {
-	id_t tid = (id_t)gettid();
 	int nice;
 
 	errno = 0;
-	nice = getpriority(PRIO_PROCESS, tid);
-	if (errno || nice <= -20 || setpriority(PRIO_PROCESS, tid, nice - 1))
-		return false;
-	setpriority(PRIO_PROCESS, tid, nice);	/* raising the value is always permitted */
-	return true;
+	nice = getpriority(PRIO_PROCESS, (id_t)gettid());
+	return !errno && nice > -20 && cdp_thread_try_nice(nice - 1) == 0;
 }
 
 int cdp_write_all(int fd, const void *buf, size_t len)

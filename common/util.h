@@ -111,7 +111,13 @@ int cdp_thread_set_slice(int64_t ns);
  */
 int cdp_thread_set_idle(pid_t tid, bool idle);
 
-/* Whether the calling thread may lower its nice value (tried, then undone). */
+/*
+ * Whether the calling thread may set its nice value to @nice (-20..19):
+ * lowering it is tried, then undone. 0 or -errno (-EACCES, -EPERM).
+ */
+int cdp_thread_try_nice(int nice);
+
+/* Whether the calling thread may lower its nice value (cdp_thread_try_nice()). */
 bool cdp_thread_may_raise(void);
 
 /*

@@ -4,8 +4,11 @@
  */
 #include "tests/unit/testutil.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "common/buf.h"
 #include "common/clock.h"
@@ -262,6 +265,37 @@ static void *name_of_thread(void *p)
 	return NULL;
 }
 
+/* cdp_thread_try_nice() tries and undoes: the thread's nice value is as before. */
+static void *try_nice_main(void *arg)
+{
+	int was, rc;
+
+	(void)arg;
+	assert_int_equal(cdp_thread_set_nice(5), 0);
+	was = getpriority(PRIO_PROCESS, (id_t)gettid());
+	assert_int_equal(was, 5);
+	assert_int_equal(cdp_thread_try_nice(8), 0);	/* raising: always */
+	assert_int_equal(getpriority(PRIO_PROCESS, (id_t)gettid()), 5);
+	rc = cdp_thread_try_nice(2);
+	if (geteuid() == 0)	/* CAP_SYS_NICE */
+		assert_int_equal(rc, 0);
+	else
+		assert_true(rc == 0 || rc == -EACCES || rc == -EPERM);
+	assert_int_equal(getpriority(PRIO_PROCESS, (id_t)gettid()), 5);
+	assert_int_equal(cdp_thread_may_raise(), rc == 0);
+	assert_int_equal(getpriority(PRIO_PROCESS, (id_t)gettid()), 5);
+	return NULL;
+}
+
+static void test_thread_try_nice_leaves_it_unchanged(void **state)
+{
+	pthread_t t;
+
+	(void)state;
+	assert_int_equal(pthread_create(&t, NULL, try_nice_main, NULL), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+}
+
 static void test_thread_gets_its_name(void **state)
 {
 	char name[17] = "";
@@ -289,6 +323,7 @@ int main(void)
 		cmocka_unit_test(test_ratelimit_bursts_then_suppresses),
 		cmocka_unit_test(test_log_debug_modules),
 		cmocka_unit_test(test_le_helpers_round_trip),
+		cmocka_unit_test(test_thread_try_nice_leaves_it_unchanged),
 		cmocka_unit_test(test_thread_gets_its_name),
 	};
 
